@@ -29,7 +29,7 @@ async def test_a_crashing_child_is_restarted(tmp_path: Path) -> None:
     assert sup.starts >= 3
     assert set(sup.exit_codes[:2]) == {3}
     assert set(sup.exit_codes) <= {3, -15}
-    assert len(marker.read_text()) == sup.starts
+    assert sup.exit_codes.count(3) <= len(marker.read_text()) <= sup.starts
 
 
 async def test_stop_terminates_a_running_child_gracefully(tmp_path: Path) -> None:
