@@ -18,7 +18,7 @@ PARAMS_VERSION = 1
 IDENTITY_NAME_PATTERN = r"^[A-Za-z0-9_-]{1,32}$"
 
 
-class JobKind(str, enum.Enum):
+class JobKind(enum.StrEnum):
     """What a job does."""
 
     FACE = "face"
@@ -27,7 +27,7 @@ class JobKind(str, enum.Enum):
     COMPARE = "compare"
 
 
-class JobState(str, enum.Enum):
+class JobState(enum.StrEnum):
     """A job's life: queued → running → done | failed | cancelled."""
 
     QUEUED = "queued"
@@ -41,7 +41,23 @@ class JobState(str, enum.Enum):
         return self in (JobState.DONE, JobState.FAILED, JobState.CANCELLED)
 
 
-class FaceMode(str, enum.Enum):
+class ResultKind(enum.StrEnum):
+    """What a stored result image is: a final image, a compare grid, or a progress preview."""
+
+    IMAGE = "image"
+    GRID = "grid"
+    PREVIEW = "preview"
+
+
+class WorkerState(enum.StrEnum):
+    """A worker's readiness as it reports it."""
+
+    STARTING = "starting"
+    READY = "ready"
+    STOPPED = "stopped"
+
+
+class FaceMode(enum.StrEnum):
     """``add`` creates a new identity, ``more`` adds a reference photo to an existing one."""
 
     ADD = "add"
@@ -149,7 +165,9 @@ def dump_params(params: FaceParams | ImagineParams | BatchParams | CompareParams
     return json.dumps({"v": PARAMS_VERSION, "params": params.model_dump(mode="json")})
 
 
-def load_params(text: str | dict[str, Any]) -> FaceParams | ImagineParams | BatchParams | CompareParams:
+def load_params(
+    text: str | dict[str, Any],
+) -> FaceParams | ImagineParams | BatchParams | CompareParams:
     """Parse versioned JSON back into typed parameters."""
     data = json.loads(text) if isinstance(text, str) else text
     try:
@@ -157,7 +175,9 @@ def load_params(text: str | dict[str, Any]) -> FaceParams | ImagineParams | Batc
     except ValidationError as exc:
         raise ParamsError(f"invalid job parameters: {exc.errors()[0]['msg']}") from exc
     if env.v != PARAMS_VERSION:
-        raise ParamsError(f"job parameters version {env.v} is not supported (want {PARAMS_VERSION})")
+        raise ParamsError(
+            f"job parameters version {env.v} is not supported (want {PARAMS_VERSION})"
+        )
     return env.params
 
 

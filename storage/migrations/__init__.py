@@ -1,0 +1,1 @@
+"""Alembic migrations of the pulid-bot schema (run through ``storage.db.upgrade``)."""

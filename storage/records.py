@@ -1,0 +1,257 @@
+"""Plain, frozen records the storage API returns (never live ORM objects).
+
+UserRecord · IdentitySummary · IdentityRecord · JobRecord · Enqueued · ResultData ·
+ResultRecord · WorkerRecord · RequeueReport · PruneReport · ErasedCounts
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from storage import models
+from storage.schemas import (
+    BatchParams,
+    CompareParams,
+    Delivery,
+    FaceParams,
+    ImagineParams,
+    JobKind,
+    JobState,
+    ResultKind,
+    WorkerState,
+    load_params,
+)
+
+Params = FaceParams | ImagineParams | BatchParams | CompareParams
+
+
+@dataclass(frozen=True)
+class UserRecord:
+    id: int
+    platform: str
+    platform_user_id: str
+    display_name: str | None
+    settings: dict[str, Any]
+    consent_at: datetime | None
+    banned: bool
+    jobs_total: int
+    images_total: int
+    created_at: datetime
+
+    @classmethod
+    def of(cls, row: models.User) -> UserRecord:
+        return cls(
+            id=row.id,
+            platform=row.platform,
+            platform_user_id=row.platform_user_id,
+            display_name=row.display_name,
+            settings=dict(row.settings or {}),
+            consent_at=row.consent_at,
+            banned=row.banned,
+            jobs_total=row.jobs_total,
+            images_total=row.images_total,
+            created_at=row.created_at,
+        )
+
+
+@dataclass(frozen=True)
+class IdentitySummary:
+    """An identity without its large blobs (for lists)."""
+
+    id: int
+    owner_id: int
+    name: str
+    is_default: bool
+    fingerprint: str
+    n_refs: int
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class IdentityRecord(IdentitySummary):
+    """An identity with its embedding (safetensors bytes), ArcFace vector and thumbnail."""
+
+    embedding: bytes = b""
+    arcface: bytes = b""
+    thumbnail: bytes | None = None
+
+    @classmethod
+    def of(cls, row: models.Identity) -> IdentityRecord:
+        return cls(
+            embedding=row.embedding,
+            arcface=row.arcface,
+            thumbnail=row.thumbnail,
+            **_summary_fields(row),
+        )
+
+    def summary(self) -> IdentitySummary:
+        return IdentitySummary(
+            **{k: getattr(self, k) for k in IdentitySummary.__dataclass_fields__}
+        )
+
+
+def _summary_fields(row: models.Identity) -> dict[str, Any]:
+    return {k: getattr(row, k) for k in IdentitySummary.__dataclass_fields__}
+
+
+def identity_summary(row: models.Identity) -> IdentitySummary:
+    return IdentitySummary(**_summary_fields(row))
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """A snapshot of one job. ``input_blob`` is only loaded by claim and get_job."""
+
+    id: int
+    owner_id: int
+    kind: JobKind
+    params: Params
+    state: JobState
+    attempts: int
+    max_attempts: int
+    lease_owner: str | None
+    lease_expires: datetime | None
+    progress_step: int
+    progress_total: int
+    cancel_requested: bool
+    error_user: str | None
+    error_detail: str | None
+    delivery: Delivery | None
+    delivered: bool
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    input_blob: bytes | None = None
+
+    @classmethod
+    def of(cls, row: models.Job, *, with_input: bool = False) -> JobRecord:
+        return cls(
+            id=row.id,
+            owner_id=row.owner_id,
+            kind=JobKind(row.kind),
+            params=load_params(row.params),
+            state=JobState(row.state),
+            attempts=row.attempts,
+            max_attempts=row.max_attempts,
+            lease_owner=row.lease_owner,
+            lease_expires=row.lease_expires,
+            progress_step=row.progress_step,
+            progress_total=row.progress_total,
+            cancel_requested=row.cancel_requested,
+            error_user=row.error_user,
+            error_detail=row.error_detail,
+            delivery=_delivery(row),
+            delivered=row.delivered,
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+            started_at=row.started_at,
+            finished_at=row.finished_at,
+            input_blob=row.input_blob if with_input else None,
+        )
+
+
+def _delivery(row: models.Job) -> Delivery | None:
+    if row.delivery_platform is None:
+        return None
+    return Delivery(
+        platform=row.delivery_platform,
+        channel_id=row.delivery_channel,
+        message_ref=row.delivery_message,
+        extra=dict(row.delivery_extra or {}),
+    )
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    """The receipt of :func:`storage.jobs.enqueue`: job id and 1-based queue position."""
+
+    job_id: int
+    position: int
+
+
+@dataclass(frozen=True)
+class ResultData:
+    """One output a worker hands to :func:`storage.jobs.finish`."""
+
+    index: int
+    png: bytes
+    seed: int | None = None
+    prompt: str | None = None
+    identity_score: float | None = None
+    kind: ResultKind = ResultKind.IMAGE
+
+
+@dataclass(frozen=True)
+class ResultRecord:
+    id: int
+    job_id: int
+    index: int
+    kind: ResultKind
+    png: bytes
+    seed: int | None
+    prompt: str | None
+    identity_score: float | None
+    created_at: datetime
+
+    @classmethod
+    def of(cls, row: models.Result) -> ResultRecord:
+        return cls(
+            id=row.id,
+            job_id=row.job_id,
+            index=row.index,
+            kind=ResultKind(row.kind),
+            png=row.png,
+            seed=row.seed,
+            prompt=row.prompt,
+            identity_score=row.identity_score,
+            created_at=row.created_at,
+        )
+
+
+@dataclass(frozen=True)
+class WorkerRecord:
+    id: str
+    host: str
+    device: str
+    preset: str
+    fingerprint: str | None
+    pid: int | None
+    state: WorkerState
+    current_job_id: int | None
+    started_at: datetime
+    ready_at: datetime | None
+    heartbeat_at: datetime
+
+    @classmethod
+    def of(cls, row: models.Worker) -> WorkerRecord:
+        fields = {k: getattr(row, k) for k in cls.__dataclass_fields__ if k != "state"}
+        return cls(state=WorkerState(row.state), **fields)
+
+
+@dataclass(frozen=True)
+class RequeueReport:
+    """What :func:`storage.jobs.requeue_expired` did, by job id."""
+
+    requeued: list[int] = field(default_factory=list)
+    failed: list[int] = field(default_factory=list)
+    cancelled: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class PruneReport:
+    jobs: int
+    results: int
+
+
+@dataclass(frozen=True)
+class ErasedCounts:
+    """Rows removed by :func:`storage.users.erase_user`."""
+
+    identities: int
+    jobs: int
+    results: int
+    users: int
