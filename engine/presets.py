@@ -1,0 +1,298 @@
+"""Presets (``flux-dev``, ``tiny``), image-size presets, and the :class:`Engine` a worker holds.
+
+``load_engine(preset, ...)`` builds every model once; the worker keeps the engine between jobs
+and calls, per job, :meth:`Engine.prepare_face` / :meth:`Engine.encode_identity` (face jobs) or
+:meth:`Engine.generate` and :meth:`Engine.score` (imagine, batch, compare).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from engine import models, tiny
+from engine.eva import EvaTower, build_eva, load_eva_weights
+from engine.identity import FUSION_METHODS, IdentityEmbedding, IdentityEncoder, check_fingerprint
+from engine.memory import MemoryPlan, apply_memory_mode
+from engine.pipeline import (
+    FluxPulidPipeline,
+    IdentityTokens,
+    PipelineInputError,
+    PromptEmbeds,
+    SamplingParams,
+    StepCallback,
+)
+from engine.scoring import IdentityScore, score_image
+
+log = logging.getLogger(__name__)
+
+PRESETS = ("flux-dev", "tiny")
+TINY_NOTICE = "tiny preset: random test weights, the images are noise"
+#: Aspect-ratio presets (width:height); sizes come out in multiples of 16.
+ASPECT_RATIOS = {
+    "1:1": (1, 1), "3:4": (3, 4), "4:3": (4, 3), "2:3": (2, 3), "3:2": (3, 2),
+    "4:5": (4, 5), "5:4": (5, 4), "9:16": (9, 16), "16:9": (16, 9), "7:9": (7, 9),
+}  # fmt: skip
+
+
+class EngineOutOfMemory(RuntimeError):
+    """The device ran out of memory; the job fails, the engine frees memory and carries on."""
+
+
+def size_for_aspect(
+    aspect: str, *, pixels: int = 1024 * 1024, max_pixels: int | None = None
+) -> tuple[int, int]:
+    """(width, height), multiples of 16, near ``pixels`` and within ``max_pixels``."""
+    if aspect not in ASPECT_RATIOS:
+        raise PipelineInputError(f"aspect {aspect!r}: choose one of {', '.join(ASPECT_RATIOS)}")
+    a, b = ASPECT_RATIOS[aspect]
+    budget = min(pixels, max_pixels) if max_pixels else pixels
+    unit = math.sqrt(budget / (a * b))
+    w, h = (max(16, int(x * unit) // 16 * 16) for x in (a, b))
+    return w, h
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """bf16 on CUDA (fp16 below compute capability 8.0, PULID_SPEC §8); fp32 on the CPU."""
+    if device.type != "cuda":
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+@dataclass
+class Components:
+    """What a preset builder returns: every model, placed on the CPU."""
+
+    flux: object
+    adapter: object
+    tower: EvaTower
+    analyzer: object
+    parser: object
+    fingerprint: str
+
+
+class Engine:
+    """Loaded models plus the per-job operations; not thread-safe (one job at a time)."""
+
+    def __init__(
+        self, name: str, parts: Components, memory: MemoryPlan, *, workdir: Path | None = None,
+        fusion: str = "mean", max_pixels: int | None = None,
+    ) -> None:  # fmt: skip
+        self.name = name
+        self.pipeline = FluxPulidPipeline(parts.flux, parts.adapter, memory.device)
+        self.encoder = IdentityEncoder(parts.tower, parts.adapter, parts.fingerprint)
+        self.analyzer, self.parser = parts.analyzer, parts.parser
+        self.memory, self.fusion, self.max_pixels = memory, fusion, max_pixels
+        self._workdir = workdir
+
+    @property
+    def fingerprint(self) -> str:
+        return self.encoder.fingerprint
+
+    @property
+    def notice(self) -> str | None:
+        """A line to show with every output (the tiny preset says it draws noise)."""
+        return TINY_NOTICE if self.name == "tiny" else None
+
+    def prepare_face(self, data: bytes, *, crop=None, crop_relative: bool = False,
+                     index: int | None = None):  # fmt: skip
+        """Decode, detect, choose, align and parse one upload (raises FaceError / ImageError)."""
+        from engine.faces import prepare_reference
+
+        return prepare_reference(
+            data, self.analyzer, self.parser, crop=crop, crop_relative=crop_relative, index=index,
+            eva_size=self.encoder.tower.image_size,
+        )  # fmt: skip
+
+    def encode_identity(self, refs: Sequence, **face_options) -> IdentityEmbedding:
+        """Reference uploads (bytes) or prepared faces → one embedding (n_refs tokens)."""
+        faces = [
+            r if not isinstance(r, bytes) else self.prepare_face(r, **face_options) for r in refs
+        ]
+        with self._guard():
+            return self.encoder.encode(faces)
+
+    def identity_tokens(
+        self, identity: IdentityEmbedding, fusion: str | None = None
+    ) -> IdentityTokens:
+        """Fused cond tokens and uncond tokens, refusing embeddings of other weights."""
+        check_fingerprint(identity.fingerprint, self.fingerprint)
+        method = fusion or self.fusion
+        return IdentityTokens(identity.fused(method), identity.uncond_tokens)
+
+    def generate(
+        self, prompts: Sequence[str | PromptEmbeds], params: SamplingParams,
+        identity: IdentityEmbedding | None = None, *, fusion: str | None = None,
+        negative: str | PromptEmbeds | None = None, callback: StepCallback | None = None,
+    ) -> list[Image.Image]:  # fmt: skip
+        """One image per prompt; the identity is fused once and reused for all of them."""
+        tokens = self.identity_tokens(identity, fusion) if identity is not None else None
+        with self._guard():
+            return self.pipeline.generate(
+                prompts, params, tokens, negative=negative, callback=callback,
+                max_pixels=self.max_pixels,
+            )  # fmt: skip
+
+    def score(self, image: Image.Image, arcface) -> IdentityScore:
+        """ArcFace cosine of the best face in ``image`` to the identity's references."""
+        return score_image(self.analyzer, image, arcface)
+
+    def _guard(self):
+        return _OomGuard(self.memory)
+
+    def close(self) -> None:
+        """Drop hooks, models and the tiny preset's scratch folder."""
+        self.memory.close()
+        self.pipeline.adapter.detach()
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+        if self.memory.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+class _OomGuard:
+    """Turns a device OOM into :class:`EngineOutOfMemory` after freeing what it can."""
+
+    def __init__(self, memory: MemoryPlan) -> None:
+        self.memory = memory
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        self.memory.free()
+        if kind is not None and issubclass(kind, torch.OutOfMemoryError):
+            if self.memory.device.type == "cuda":
+                torch.cuda.empty_cache()
+            raise EngineOutOfMemory(
+                "the GPU ran out of memory; try a smaller size or fewer prompts"
+            ) from exc
+        return False
+
+
+# --- builders -----------------------------------------------------------------------------
+
+
+def build_tiny(
+    seed: int, workdir: Path, device: torch.device, spec: tiny.TinySpec = tiny.TINY
+) -> Components:
+    """Every component at tiny size with seeded random weights; no download."""
+    from engine.faces import FaceAnalyzer
+    from engine.parsing import FaceParser
+    from engine.pulid import PulidAdapter
+
+    flux = tiny.flux_pipeline(seed, spec)
+    tower = EvaTower(tiny.eva_model(seed + 5, spec))
+    state = PulidAdapter.build_state_dict_tiny(
+        flux.transformer, vit_dim=tower.width, id_in_dim=512 + spec.eva.num_classes, seed=seed + 6
+    )
+    adapter = PulidAdapter.attach(
+        flux.transformer,
+        state,
+        encoder_heads=spec.pulid_encoder_heads,
+        ca_heads=spec.pulid_ca_heads,
+    )
+    analyzer = FaceAnalyzer.tiny(workdir, seed, detector="haar")
+    fp = models.tiny_fingerprint(seed, spec.describe())
+    return Components(flux, adapter, tower, analyzer, FaceParser.tiny(seed, device=device), fp)
+
+
+def build_flux_dev(
+    cfg: models.PresetConfig, model_dir: Path, cache_dir: Path | None, device: torch.device,
+    dtype: torch.dtype, onnx_provider: str = "cpu",
+) -> Components:  # fmt: skip
+    """The real weights from ``model_dir`` (see :mod:`engine.models`); missing → clear error."""
+    from diffusers import FluxPipeline
+
+    from engine.faces import BISENET_FILE, FaceAnalyzer
+    from engine.parsing import FaceParser
+    from engine.pulid import PulidAdapter, load_pulid_state_dict
+
+    paths = {a.role: models.local_path(a, model_dir) for a in cfg.assets}
+    flux = FluxPipeline.from_pretrained(str(paths["flux"]), torch_dtype=dtype, cache_dir=cache_dir)
+    flux.set_progress_bar_config(disable=True)
+    adapter = PulidAdapter.attach(flux.transformer, load_pulid_state_dict(paths["pulid"]))
+    tower = EvaTower(load_eva_weights(build_eva(), paths["eva"]).to(dtype))
+    providers = ("CUDAExecutionProvider", "CPUExecutionProvider") if onnx_provider == "gpu" else (
+        "CPUExecutionProvider",)  # fmt: skip
+    analyzer = FaceAnalyzer.from_folder(model_dir, providers=providers, haar_fallback=False)
+    parser = FaceParser.from_file(Path(model_dir) / BISENET_FILE, device=device)
+    fp = models.preset_fingerprint(cfg, model_dir)
+    return Components(flux, adapter, tower, analyzer, parser, fp)
+
+
+def load_engine(
+    preset: str,
+    *,
+    device: str | torch.device = "cpu",
+    memory_mode: str = "gpu",
+    model_dir: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    compile: bool = False,
+    pulid_version: str = "v0.9.1",
+    fusion: str = "mean",
+    onnx_provider: str = "cpu",
+    max_pixels: int | None = None,
+    seed: int = 0,
+) -> Engine:
+    """Build the engine of ``preset`` on ``device`` (weights must already be downloaded)."""
+    if preset not in PRESETS:
+        raise ValueError(f"preset {preset!r}: choose one of {', '.join(PRESETS)}")
+    if fusion not in FUSION_METHODS:
+        raise ValueError(f"fusion {fusion!r}: choose one of {', '.join(FUSION_METHODS)}")
+    device = torch.device(device)
+    dtype = default_dtype(device)
+    workdir = None
+    if preset == "tiny":
+        workdir = Path(tempfile.mkdtemp(prefix="pulid-tiny-"))
+        parts = build_tiny(seed, workdir, device)
+    else:
+        cfg = models.flux_dev_preset(pulid_version)
+        model_dir = Path(model_dir or "models")
+        _require(cfg, model_dir)
+        cache = Path(cache_dir) if cache_dir else None
+        parts = build_flux_dev(cfg, model_dir, cache, device, dtype, onnx_provider)
+    _cast(parts.flux.components.values(), dtype)
+    _cast([parts.tower, parts.adapter], dtype)
+    memory = apply_memory_mode(
+        parts.flux, resident=[parts.adapter], encoders=[parts.tower], mode=memory_mode,
+        device=device,
+    )  # fmt: skip
+    if compile:
+        parts.flux.transformer.compile_repeated_blocks()
+    log.info("engine %s ready on %s (%s, %s)", preset, device, memory_mode, dtype)
+    return Engine(preset, parts, memory, workdir=workdir, fusion=fusion, max_pixels=max_pixels)
+
+
+def _cast(modules, dtype: torch.dtype) -> None:
+    """Cast torch modules whose floating weights are not ``dtype`` yet (a no-op otherwise)."""
+    for module in modules:
+        if not isinstance(module, torch.nn.Module):
+            continue
+        param = next(module.parameters(), None)
+        if param is not None and param.is_floating_point() and param.dtype != dtype:
+            module.to(dtype)
+
+
+def _require(cfg: models.PresetConfig, model_dir: Path) -> None:
+    missing = [str(e) for e in _missing(cfg, model_dir)]
+    if missing:
+        raise models.MissingWeightsError("; ".join(missing))
+
+
+def _missing(cfg: models.PresetConfig, model_dir: Path) -> list[Exception]:
+    out = []
+    for asset in cfg.assets:
+        try:
+            models.local_path(asset, model_dir)
+        except models.MissingWeightsError as exc:
+            out.append(exc)
+    return out
