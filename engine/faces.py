@@ -58,7 +58,7 @@ __all__ = [
     "BadCropError", "BadFaceIndexError", "DetectedFace", "FaceAnalyzer", "FaceError",
     "FaceTooSmallError", "MissingModelError", "MultipleFacesError", "NoFaceError", "PixelBox",
     "PreparedFace", "align_face", "alignment_matrix", "choose_face", "crop_box", "draw_faces",
-    "encode_face", "ensure_face_models", "missing_face_models", "prepare_reference",
+    "encode_face", "ensure_face_models", "find_face", "missing_face_models", "prepare_reference",
     "preview_png", "thumbnail_png",
 ]  # fmt: skip
 
@@ -114,8 +114,9 @@ class FaceAnalyzer:
         if not scrfd.is_file() and haar_fallback:
             log.warning("%s missing: using the Haar fallback detector", scrfd)
             return cls.haar(recognizer, quality_note=quality_note)
-        detector = fm.ScrfdDetector(fm.load_onnx(fm.require_file(model_dir, SCRFD_PATH), providers),
-                                    det_size)  # fmt: skip
+        detector = fm.ScrfdDetector(
+            fm.load_onnx(fm.require_file(model_dir, SCRFD_PATH), providers), det_size
+        )
         return cls(detector, recognizer, quality_note=quality_note)
 
     @classmethod
@@ -176,9 +177,12 @@ def alignment_matrix(kps: np.ndarray) -> np.ndarray:
 def align_face(rgb: np.ndarray, kps: np.ndarray) -> np.ndarray:
     """The 512×512 FFHQ-aligned RGB crop, gray border (official BGR (135, 133, 132))."""
     return cv2.warpAffine(
-        np.ascontiguousarray(rgb), alignment_matrix(kps), (FFHQ_SIZE, FFHQ_SIZE),
-        borderMode=cv2.BORDER_CONSTANT, borderValue=FFHQ_BORDER_RGB,
-    )  # fmt: skip
+        np.ascontiguousarray(rgb),
+        alignment_matrix(kps),
+        (FFHQ_SIZE, FFHQ_SIZE),
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=FFHQ_BORDER_RGB,
+    )
 
 
 def thumbnail_png(aligned: np.ndarray, size: int = 128) -> bytes:
@@ -219,14 +223,44 @@ def prepare_reference(
     Raises ImageError or a FaceError subclass, each with a one-line ``user_message``.
     """
     decoded = decode_upload(data, max_pixels=max_pixels, max_side=max_side)
-    rgb, size = decoded.rgb, decoded.image.size
-    box = (
-        None if crop is None else crop_box(crop, size, relative=crop_relative, scale=decoded.scale)
+    rgb = decoded.rgb
+    face = find_face(
+        rgb,
+        analyzer,
+        crop=crop,
+        crop_relative=crop_relative,
+        index=index,
+        scale=decoded.scale,
+        min_face_px=min_face_px,
     )
+    return encode_face(
+        rgb,
+        face,
+        parser,
+        eva_size=eva_size,
+        antialias=antialias,
+        quality_note=analyzer.quality_note,
+    )
+
+
+def find_face(
+    rgb: np.ndarray,
+    analyzer: FaceAnalyzer,
+    *,
+    crop: object | None = None,
+    crop_relative: bool = False,
+    index: int | None = None,
+    scale: float = 1.0,
+    min_face_px: float = MIN_FACE_PX,
+) -> DetectedFace:
+    """Detect (only around the crop box, if any) and choose one face.
+
+    ``scale`` converts pixel crops from upload pixels to ``rgb``'s pixels.
+    """
+    size = (rgb.shape[1], rgb.shape[0])
+    box = None if crop is None else crop_box(crop, size, relative=crop_relative, scale=scale)
     faces = analyzer.detect(rgb, region=box.expanded(CROP_MARGIN, size) if box else None)
-    face = choose_face(faces, size, crop=box, index=index, min_face_px=min_face_px, rgb=rgb)
-    return encode_face(rgb, face, parser, eva_size=eva_size, antialias=antialias,
-                       quality_note=analyzer.quality_note)  # fmt: skip
+    return choose_face(faces, size, crop=box, index=index, min_face_px=min_face_px, rgb=rgb)
 
 
 def encode_face(

@@ -204,8 +204,9 @@ def draw_faces(rgb: np.ndarray, faces: list, *, min_face_px: float = MIN_FACE_PX
         text = f"{number}  {face.det_score:.2f}" + ("  small" if small else "")
         left, top, right, bottom = draw.textbbox((x1, y1), text, font=label_font)
         ty = y1 - (bottom - top) - 2 * width if y1 - (bottom - top) - 2 * width >= 0 else y2 + width
-        draw.rectangle((x1, ty, x1 + right - left + 2 * width, ty + bottom - top + 2 * width),
-                       fill=colour)  # fmt: skip
+        draw.rectangle(
+            (x1, ty, x1 + right - left + 2 * width, ty + bottom - top + 2 * width), fill=colour
+        )
         draw.text((x1 + width, ty + width - (top - y1)), text, fill=(0, 0, 0), font=label_font)
     return img
 

@@ -108,8 +108,9 @@ class HaarDetector:
         for face in found:
             if all(_iou(face[0], k[0]) < NMS_IOU for k in kept):
                 kept.append(face)
-        log.debug("haar: %d candidate(s) with eyes, %d after overlap removal", len(found),
-                  len(kept))  # fmt: skip
+        log.debug(
+            "haar: %d candidate(s) with eyes, %d after overlap removal", len(found), len(kept)
+        )
         return kept
 
     def _candidates(self, gray: np.ndarray) -> list[_Candidate]:
@@ -123,9 +124,12 @@ class HaarDetector:
             view = cv2.warpAffine(small, rot, (w, h)) if angle else small
             to_image = np.diag([1 / scale, 1 / scale, 1.0]) @ np.linalg.inv(_homog(rot))
             boxes, _, weights = self.face.detectMultiScale3(
-                view, 1.1, self.min_neighbors, minSize=(self.min_size,) * 2,
+                view,
+                1.1,
+                self.min_neighbors,
+                minSize=(self.min_size,) * 2,
                 outputRejectLevels=True,
-            )  # fmt: skip
+            )
             boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
             for (x, y, a), wt in zip(boxes[:, :3], np.ravel(weights), strict=True):
                 k = a / PATCH_W  # patch px → view px
@@ -152,14 +156,16 @@ class HaarDetector:
         crop_to_patch = np.array([[k, 0, -margin * k], [0, k, -margin * k], [0, 0, 1.0]])
         crop = self._warp(gray, cand.patch_to_image @ crop_to_patch, (CHECK_SIZE, CHECK_SIZE))
         lo, hi = int(CHECK_FACE * 0.7), int(CHECK_FACE * 1.5)
-        hits = self.check.detectMultiScale(cv2.equalizeHist(crop), 1.05, 0, minSize=(lo, lo),
-                                           maxSize=(hi, hi))  # fmt: skip
+        hits = self.check.detectMultiScale(
+            cv2.equalizeHist(crop), 1.05, 0, minSize=(lo, lo), maxSize=(hi, hi)
+        )
         return len(hits)
 
     def _eyes(self, gray: np.ndarray, cand: _Candidate) -> tuple[np.ndarray | None, bool]:
         patch = self._warp(gray, cand.patch_to_image, (PATCH_W, PATCH_H))
-        eyes = self.eye.detectMultiScale(self.clahe.apply(patch), 1.05, 3, minSize=(20, 20),
-                                         maxSize=(70, 70))  # fmt: skip
+        eyes = self.eye.detectMultiScale(
+            self.clahe.apply(patch), 1.05, 3, minSize=(20, 20), maxSize=(70, 70)
+        )
         return _pick_eyes(np.asarray(eyes, np.float64).reshape(-1, 4))
 
     @staticmethod
@@ -185,8 +191,12 @@ def _pick_eyes(eyes: np.ndarray) -> tuple[np.ndarray | None, bool]:
             best_pair, best_cost = np.stack([centres[i], centres[j]]), dist[i, 0] + dist[j, 1]
     if best_pair is not None:
         return best_pair, True
-    lone = [(dist[i, side], i, side) for i in range(len(centres)) for side in (0, 1)
-            if dist[i, side] <= EYE_REACH and abs(centres[i, 0] - PATCH_W / 2) >= 25]  # fmt: skip
+    lone = [
+        (dist[i, side], i, side)
+        for i in range(len(centres))
+        for side in (0, 1)
+        if dist[i, side] <= EYE_REACH and abs(centres[i, 0] - PATCH_W / 2) >= 25
+    ]
     if not lone:
         return None, False
     _, i, side = min(lone)

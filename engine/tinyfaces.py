@@ -88,8 +88,9 @@ def _tiny_backbone(g: _Graph, x: str, width: int = 8) -> list[str]:
 def _score_logits(g: _Graph, x: str, feat: str, stride: int, width: int) -> str:
     """Random head plus 4 × local brightness, so letterbox padding never wins."""
     head = g.conv(feat, f"score{stride}_head", width, ANCHORS, 1, 1)
-    pooled = g.node("AveragePool", [x], f"bright{stride}", kernel_shape=[stride] * 2,
-                    strides=[stride] * 2)  # fmt: skip
+    pooled = g.node(
+        "AveragePool", [x], f"bright{stride}", kernel_shape=[stride] * 2, strides=[stride] * 2
+    )
     bright = g.node("ReduceMean", [pooled], f"bright{stride}_mean", axes=[1], keepdims=1)
     scaled = g.node("Mul", [bright, g.const(f"bright{stride}_k", np.array(4.0))], f"b{stride}")
     return g.rows(g.node("Add", [head, scaled], f"logit{stride}_map"), f"logit{stride}", 1)
