@@ -89,13 +89,10 @@ class DetectedFace:
 class FaceAnalyzer:
     """A detector plus an ArcFace recogniser; ``detect(rgb)`` → faces sorted left → right."""
 
-    def __init__(
-        self, detector, recognizer, *, quality_note: str | None = None, recognizer_file=None
-    ) -> None:
+    def __init__(self, detector, recognizer, *, quality_note: str | None = None) -> None:
         self.detector = detector
         self.recognizer = fm.load_recognizer(recognizer)
         self.quality_note = quality_note
-        self.recognizer_file = Path(recognizer_file or self.recognizer.model_file)
 
     @classmethod
     def from_folder(
@@ -143,7 +140,7 @@ class FaceAnalyzer:
     @cached_property
     def fingerprint(self) -> str:
         """Names the recogniser weights (``file:sha256``), e.g. for identity records."""
-        return fm.file_fingerprint(self.recognizer_file)
+        return fm.file_fingerprint(Path(self.recognizer.model_file))
 
     def detect(
         self, rgb: np.ndarray, *, region: tuple[int, int, int, int] | None = None
@@ -152,7 +149,9 @@ class FaceAnalyzer:
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
             raise ValueError(f"rgb must be an HxWx3 uint8 array, got {rgb.shape} {rgb.dtype}")
         bgr = np.ascontiguousarray(rgb[:, :, ::-1])
-        x1, y1, x2, y2 = region or (0, 0, rgb.shape[1], rgb.shape[0])
+        x1, y1, x2, y2 = (int(v) for v in region or (0, 0, rgb.shape[1], rgb.shape[0]))
+        if not (0 <= x1 < x2 <= rgb.shape[1] and 0 <= y1 < y2 <= rgb.shape[0]):
+            raise ValueError(f"region {region} is empty or outside the {rgb.shape[:2]} image")
         offset = np.array([x1, y1], np.float32)
         faces = []
         for bbox, kps, score in self.detector.detect(np.ascontiguousarray(bgr[y1:y2, x1:x2])):
