@@ -1,0 +1,116 @@
+"""Button presses: decode the stateless action id, check who may press it, act."""
+
+from __future__ import annotations
+
+from bot.core import actions
+from bot.core.account import AccountCommands
+from bot.core.actions import Action, Verb
+from bot.core.base import command
+from bot.core.errors import BadInput, Forbidden, NotFound
+from bot.core.messages import Caller, Reply
+from bot.core.removal import delete_finished_job
+from storage import jobs, results, users
+from storage.records import JobRecord, UserRecord
+from storage.schemas import FaceParams, ImagineParams, JobState
+
+NOT_YOURS = "This button is not for you."
+VARY_GUIDANCE_STEP = 0.5
+
+
+class ButtonCommands(AccountCommands):
+    """``press`` is the single entry point for every button of every adapter."""
+
+    @command
+    async def press(self, caller: Caller, action_id: str) -> Reply:
+        """Handle a button press; the presser must own what the button acts on."""
+        action = actions.parse_action(action_id)
+        if action.verb in (Verb.CONSENT, Verb.FORGET):
+            return await self._confirm(caller, action)
+        user = await self._user(caller)
+        assert action.job_id is not None
+        job = await jobs.get_job(self.db, action.job_id, owner_id=user.id)
+        handler = {
+            Verb.REROLL: self._reroll,
+            Verb.VARY: self._vary,
+            Verb.USE_SEED: self._use_seed,
+            Verb.DELETE: self._delete,
+            Verb.CANCEL: self._cancel,
+            Verb.FACE_CHOICE: self._face_choice,
+        }[action.verb]
+        return await handler(caller, user, job, action.index or 0)
+
+    async def _confirm(self, caller: Caller, action: Action) -> Reply:
+        user = await self._known_user(caller)
+        if user.id != action.user_id:
+            raise Forbidden(NOT_YOURS)
+        if action.verb is Verb.CONSENT:
+            return await self.answer_consent(user, action.yes)
+        if not action.yes:
+            return Reply("Kept: nothing was erased.", ephemeral=True, remove_source=True)
+        return await self.erase(user)
+
+    async def _reroll(self, caller: Caller, user: UserRecord, job: JobRecord, _: int) -> Reply:
+        if isinstance(job.params, FaceParams):
+            raise BadInput("only image jobs can be re-rolled")
+        gs = job.params.settings.model_copy(update={"seed": None})
+        return await self._enqueue(caller, user, job.params.model_copy(update={"settings": gs}))
+
+    async def _vary(self, caller: Caller, user: UserRecord, job: JobRecord, index: int) -> Reply:
+        """Image ``index`` again: same prompt and seed, guidance nudged for a close variant."""
+        image = await self._image(user, job, index)
+        assert not isinstance(job.params, FaceParams)
+        g = job.params.settings.guidance
+        nudged = g + VARY_GUIDANCE_STEP if g + VARY_GUIDANCE_STEP <= 10 else g - VARY_GUIDANCE_STEP
+        gs = job.params.settings.model_copy(update={"seed": image.seed, "guidance": nudged})
+        prompt = image.prompt or _prompt_of(job, index)
+        params = ImagineParams(identity_id=job.params.identity_id, prompt=prompt, settings=gs)
+        return await self._enqueue(caller, user, params)
+
+    async def _use_seed(
+        self, caller: Caller, user: UserRecord, job: JobRecord, index: int
+    ) -> Reply:
+        image = await self._image(user, job, index)
+        if image.seed is None:
+            raise BadInput("that image has no recorded seed")
+        await users.update_settings(self.db, user.id, {"seed": image.seed})
+        return Reply(
+            f"Seed {image.seed} is now your default (/settings --seed random to unpin it).",
+            ephemeral=True,
+        )
+
+    async def _image(self, user: UserRecord, job: JobRecord, index: int) -> results.ResultRecord:
+        if isinstance(job.params, FaceParams):
+            raise BadInput("that button works on generated images only")
+        return await results.get_result(self.db, user.id, job.id, index)
+
+    async def _delete(self, caller: Caller, user: UserRecord, job: JobRecord, _: int) -> Reply:
+        await delete_finished_job(self.db, user.id, job.id)
+        self._uploads.pop(job.id, None)
+        return Reply(f"Deleted job #{job.id} and its images.", ephemeral=True, remove_source=True)
+
+    async def _cancel(self, caller: Caller, user: UserRecord, job: JobRecord, _: int) -> Reply:
+        return await self.cancel(caller, job.id)
+
+    async def _face_choice(
+        self, caller: Caller, user: UserRecord, job: JobRecord, number: int
+    ) -> Reply:
+        """Redo a face job that found several faces, with face ``number``."""
+        if not isinstance(job.params, FaceParams) or job.state is not JobState.FAILED:
+            raise BadInput("that face choice is no longer open")
+        full = await jobs.get_job(self.db, job.id, owner_id=user.id, with_input=True)
+        data = full.input_blob or self._uploads.get(job.id)
+        if not data:
+            raise NotFound(f"The photo is gone; send it again with: face {number}")
+        params = job.params.model_copy(update={"face_index": number, "crop": None})
+        return await self._enqueue(caller, user, params, input_blob=data)
+
+
+def _prompt_of(job: JobRecord, index: int) -> str:
+    """The prompt of image ``index`` from the job's own parameters."""
+    params = job.params
+    if isinstance(params, ImagineParams):
+        return params.prompt
+    prompts = getattr(params, "prompts", [])
+    if 0 <= index < len(prompts):
+        return str(prompts[index])
+    raise BadInput("that image has no recorded prompt")

@@ -1,0 +1,170 @@
+"""Result delivery: a database-backed, restart-safe loop per platform.
+
+Each pass sends every finished-but-undelivered job of the platform to the adapter's ``send``
+callback and marks it delivered only after the callback returned; a failed send is retried
+with backoff (the job stays undelivered, so its results are kept until retention). Running
+jobs get throttled progress replies. After a restart the first pass resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from bot.core import render
+from bot.core.messages import Reply
+from storage import identities, jobs, results
+from storage.db import Database
+from storage.errors import NotFound
+from storage.records import IdentitySummary, JobRecord
+from storage.schemas import Delivery, FaceParams, JobState
+
+log = logging.getLogger(__name__)
+
+#: ``send(delivery, reply)``: post the reply where ``delivery`` says; raise if it failed.
+SendFn = Callable[[Delivery, Reply], Awaitable[None]]
+
+
+@dataclass
+class _Retry:
+    failures: int = 0
+    at: float = 0.0
+
+
+class Deliverer:
+    """Delivers one platform's results (and progress) through adapter callbacks."""
+
+    def __init__(
+        self,
+        db: Database,
+        platform: str,
+        send: SendFn,
+        *,
+        progress: SendFn | None = None,
+        poll_seconds: float = 1.0,
+        progress_interval: float = 3.0,
+        max_backoff: float = 600.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.db = db
+        self.platform = platform
+        self._send = send
+        self._progress = progress
+        self.poll_seconds = poll_seconds
+        self.progress_interval = progress_interval
+        self.max_backoff = max_backoff
+        self._clock = clock
+        self._retries: dict[int, _Retry] = {}
+        self._shown: dict[int, tuple[int, float]] = {}  # job → (step shown, when)
+        self._wake = asyncio.Event()
+        self._stopping = False
+
+    async def run(self) -> None:
+        """Poll until :meth:`stop`; :meth:`wake` starts the next pass at once."""
+        log.info("delivering %s results", self.platform)
+        while not self._stopping:
+            try:
+                await self.run_once()
+            except Exception:
+                log.exception("delivery pass for %s failed", self.platform)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.poll_seconds)
+            self._wake.clear()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+
+    async def run_once(self) -> int:
+        """One pass: progress of running jobs, then finished jobs; returns results delivered."""
+        if self._progress is not None:
+            await self.report_progress()
+        return await self.deliver_pending()
+
+    async def deliver_pending(self) -> int:
+        """Send every finished, undelivered job whose retry time has come."""
+        delivered = 0
+        for job in await jobs.undelivered(self.db, platforms=[self.platform]):
+            retry = self._retries.get(job.id)
+            if retry is not None and retry.at > self._clock():
+                continue
+            delivered += await self._deliver(job)
+        return delivered
+
+    async def _deliver(self, job: JobRecord) -> int:
+        assert job.delivery is not None
+        try:
+            reply = await self.build(job)
+            await self._send(job.delivery, reply)
+        except Exception:
+            self._backoff(job.id)
+            return 0
+        await jobs.mark_delivered(self.db, job.id)
+        self._retries.pop(job.id, None)
+        self._shown.pop(job.id, None)
+        log.info("job %s delivered to %s", job.id, self.platform)
+        return 1
+
+    def _backoff(self, job_id: int) -> None:
+        retry = self._retries.setdefault(job_id, _Retry())
+        retry.failures += 1
+        delay = min(self.max_backoff, 2.0**retry.failures)
+        retry.at = self._clock() + delay
+        log.warning(
+            "job %s: delivery failed (%s times); retrying in %.0fs",
+            job_id,
+            retry.failures,
+            delay,
+            exc_info=True,
+        )
+
+    async def build(self, job: JobRecord) -> Reply:
+        """The result reply of a finished job (images, grid, scores or the error)."""
+        found = await results.list_results(self.db, job.owner_id, job.id)
+        identity, preview = None, None
+        if isinstance(job.params, FaceParams):
+            if job.state is JobState.DONE:
+                identity = await self._face(job.owner_id, job.params.name)
+            else:
+                preview = await results.get_preview(self.db, job.owner_id, job.id)
+        return render.result(job, found, identity=identity, preview=preview)
+
+    async def _face(self, owner_id: int, name: str) -> IdentitySummary | None:
+        try:
+            return await identities.get_identity(self.db, owner_id, name)
+        except NotFound:
+            return None
+
+    async def report_progress(self) -> int:
+        """Send a progress reply for running jobs whose step changed, at most once per interval."""
+        assert self._progress is not None
+        running = await jobs.list_jobs(
+            self.db, states=[JobState.RUNNING], platform=self.platform, limit=500
+        )
+        sent = 0
+        now = self._clock()
+        for job in running:
+            shown = self._shown.get(job.id)
+            if shown is not None and (
+                shown[0] == job.progress_step or now - shown[1] < self.progress_interval
+            ):
+                continue
+            sent += await self._send_progress(job, now)
+        return sent
+
+    async def _send_progress(self, job: JobRecord, now: float) -> int:
+        assert self._progress is not None and job.delivery is not None
+        self._shown[job.id] = (job.progress_step, now)
+        try:
+            await self._progress(job.delivery, render.progress(job))
+        except Exception:
+            log.warning("job %s: progress update failed", job.id, exc_info=True)
+            return 0
+        return 1

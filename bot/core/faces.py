@@ -1,0 +1,185 @@
+"""The /face family: add, more, list, show, default, delete, export, import; and consent."""
+
+from __future__ import annotations
+
+from bot.core import actions, parsing
+from bot.core.base import CoreBase, command, yes_no
+from bot.core.errors import BadInput, LimitReached, NotFound
+from bot.core.messages import Attachment, Caller, Reply
+from bot.core.texts import consent_text
+from bot.core.uploads import check_crop, check_size, sniff_image
+from storage import identities, users, workers
+from storage.records import IdentitySummary, UserRecord
+from storage.schemas import CropBox, FaceMode, FaceParams
+
+NO_FACES = "You have no saved faces yet: /face add NAME with a photo."
+
+
+class FaceCommands(CoreBase):
+    """Saved faces are private: every lookup is by (owner, name)."""
+
+    @command
+    async def face_add(
+        self,
+        caller: Caller,
+        name: str,
+        image: Attachment,
+        *,
+        crop: str | CropBox | None = None,
+        face: int | None = None,
+        make_default: bool = False,
+    ) -> Reply:
+        """Queue a face job saving the face in ``image`` as ``name`` (asks consent first)."""
+        user = await self._user(caller)
+        params = self._face_params(FaceMode.ADD, name, image, crop, face, make_default)
+        faces = await identities.list_identities(self.db, user.id)
+        if any(f.name.lower() == name.lower() for f in faces):
+            raise BadInput(f"You already have a face named '{name}'; /face more adds photos.")
+        if len(faces) >= (most := self.limits.max_identities_per_user):
+            raise LimitReached(f"You can save at most {most} faces; delete one first.")
+        return await self._with_consent(caller, user, params, image.data)
+
+    @command
+    async def face_more(
+        self,
+        caller: Caller,
+        name: str,
+        image: Attachment,
+        *,
+        crop: str | CropBox | None = None,
+        face: int | None = None,
+    ) -> Reply:
+        """Queue a face job adding another reference photo to face ``name``."""
+        user = await self._user(caller)
+        params = self._face_params(FaceMode.MORE, name, image, crop, face, False)
+        await identities.get_identity(self.db, user.id, params.name)
+        return await self._with_consent(caller, user, params, image.data)
+
+    def _face_params(
+        self,
+        mode: FaceMode,
+        name: str,
+        image: Attachment,
+        crop: str | CropBox | None,
+        face: int | None,
+        make_default: bool,
+    ) -> FaceParams:
+        parsing.check_name(name)
+        if crop is not None and face is not None:
+            raise BadInput("give a crop box or a face number, not both")
+        info = sniff_image(image, self.limits.max_upload_bytes)
+        box = parsing.parse_crop(crop) if isinstance(crop, str) else crop
+        if box is not None:
+            check_crop(box, info, crop if isinstance(crop, str) else "box")
+        return FaceParams(
+            mode=mode, name=name, crop=box, face_index=face, make_default=make_default
+        )
+
+    async def _with_consent(
+        self, caller: Caller, user: UserRecord, params: FaceParams, data: bytes
+    ) -> Reply:
+        async def go() -> Reply:
+            return await self._enqueue(caller, user, params, input_blob=data)
+
+        if user.consent_at is not None:
+            return await go()
+        self._pending[user.id] = go
+        return self.consent_request(user)
+
+    def consent_request(self, user: UserRecord) -> Reply:
+        """The consent text with Accept / Decline buttons for this one user."""
+        buttons = yes_no(
+            ("Accept", actions.consent(user.id, True)), ("Decline", actions.consent(user.id, False))
+        )
+        return Reply(text=consent_text(self.settings.storage), buttons=buttons, ephemeral=True)
+
+    async def answer_consent(self, user: UserRecord, yes: bool) -> Reply:
+        """Record the answer; on Accept, queue the face job that was waiting for it."""
+        pending = self._pending.pop(user.id, None)
+        if not yes:
+            return Reply("Declined: nothing was saved.", ephemeral=True)
+        await users.record_consent(self.db, user.id)
+        if pending is not None:
+            return await pending()
+        return Reply("Thank you. Now send /face add NAME with a photo.", ephemeral=True)
+
+    @command
+    async def face_list(self, caller: Caller) -> Reply:
+        """The caller's saved faces."""
+        user = await self._user(caller)
+        faces = await identities.list_identities(self.db, user.id)
+        if not faces:
+            return Reply(NO_FACES, ephemeral=True)
+        lines = [f"Your faces ({len(faces)}/{self.limits.max_identities_per_user}):"]
+        lines += [f"• {_describe(f)}" for f in faces]
+        return Reply("\n".join(lines), ephemeral=True)
+
+    @command
+    async def face_show(self, caller: Caller, name: str) -> Reply:
+        """One face: its details and thumbnail."""
+        user = await self._user(caller)
+        face = await identities.get_identity(self.db, user.id, parsing.check_name(name))
+        files = (Attachment(f"{face.name}.png", face.thumbnail),) if face.thumbnail else ()
+        text = f"{_describe(face)}; saved {face.created_at:%Y-%m-%d}."
+        return Reply(text, files=files, ephemeral=True)
+
+    @command
+    async def face_default(self, caller: Caller, name: str) -> Reply:
+        """Make ``name`` the face used when none is named."""
+        user = await self._user(caller)
+        face = await identities.set_default(self.db, user.id, parsing.check_name(name))
+        return Reply(f"'{face.name}' is now your default face.", ephemeral=True)
+
+    @command
+    async def face_delete(self, caller: Caller, name: str) -> Reply:
+        """Delete a saved face."""
+        user = await self._user(caller)
+        await identities.delete_identity(self.db, user.id, parsing.check_name(name))
+        default = await identities.get_default_identity(self.db, user.id)
+        after = f" Your default face is now '{default.name}'." if default else ""
+        return Reply(f"Deleted face '{name}'.{after}", ephemeral=True)
+
+    @command
+    async def face_export(self, caller: Caller, name: str) -> Reply:
+        """The face as a .safetensors file."""
+        user = await self._user(caller)
+        face = await identities.get_identity(self.db, user.id, parsing.check_name(name))
+        data = await identities.export_identity(self.db, user.id, face.name)
+        text = f"Face '{face.name}' — import it with /face import on a bot with the same models."
+        file = Attachment(f"{face.name}.safetensors", data, f"pulid-bot face {face.name}")
+        return Reply(text, files=(file,), ephemeral=True)
+
+    @command
+    async def face_import(self, caller: Caller, file: Attachment, name: str | None = None) -> Reply:
+        """Save a face from an exported .safetensors file (asks consent first)."""
+        user = await self._user(caller)
+        if name is not None:
+            parsing.check_name(name)
+        check_size(file, self.limits.max_upload_bytes, "face file")
+
+        async def go() -> Reply:
+            fingerprints = await workers.ready_fingerprints(self.db) or None
+            face = await identities.import_identity(
+                self.db, user.id, file.data, name=name, accept_fingerprints=fingerprints
+            )
+            return Reply(f"Imported {_describe(face)}.", ephemeral=True)
+
+        if user.consent_at is not None:
+            return await go()
+        self._pending[user.id] = go
+        return self.consent_request(user)
+
+    async def _identity(self, user: UserRecord, name: str | None) -> IdentitySummary:
+        """The named face, or the default one."""
+        if name is not None:
+            return await identities.get_identity(self.db, user.id, parsing.check_name(name))
+        face = await identities.get_default_identity(self.db, user.id)
+        if face is None:
+            raise NotFound(NO_FACES)
+        return face
+
+
+def _describe(face: IdentitySummary) -> str:
+    photos = "photo" if face.n_refs == 1 else "photos"
+    default = ", default" if face.is_default else ""
+    return f"'{face.name}' ({face.n_refs} {photos}{default})"

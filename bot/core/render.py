@@ -1,0 +1,169 @@
+"""Replies about jobs: receipts, progress lines and finished results (pure functions)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from bot.core import actions
+from bot.core.messages import MAX_TEXT, Attachment, Button, ButtonStyle, Reply, ReplyKind
+from storage.records import IdentitySummary, JobRecord, ResultRecord
+from storage.schemas import FaceMode, FaceParams, JobKind, JobState, ResultKind
+
+#: The engine's several-faces message starts "<N> faces found" (engine.faces_choice).
+_SEVERAL_FACES = re.compile(r"^(\d+) faces found")
+MAX_FACE_BUTTONS = 10
+MAX_VARY_BUTTONS = 10
+BAR = 10
+
+
+def receipt(job_id: int, kind: JobKind, position: int) -> Reply:
+    """The instant answer to a queued job."""
+    return Reply(
+        text=f"Job #{job_id} ({kind.value}) queued — position {position} in the queue.",
+        buttons=(Button("Cancel", actions.cancel(job_id)),),
+        kind=ReplyKind.RECEIPT,
+        job_id=job_id,
+    )
+
+
+def progress(job: JobRecord) -> Reply:
+    """A running job's progress line (edits the receipt)."""
+    head = f"Job #{job.id} ({job.kind.value})"
+    if job.progress_total <= 0:
+        text = f"{head} started."
+    else:
+        done = round(BAR * job.progress_step / job.progress_total)
+        bar = "▓" * done + "░" * (BAR - done)
+        text = f"{head} running: step {job.progress_step}/{job.progress_total} {bar}"
+    return Reply(
+        text=text,
+        buttons=(Button("Cancel", actions.cancel(job.id)),),
+        kind=ReplyKind.PROGRESS,
+        job_id=job.id,
+    )
+
+
+def result(
+    job: JobRecord,
+    results: Sequence[ResultRecord],
+    *,
+    identity: IdentitySummary | None = None,
+    preview: bytes | None = None,
+) -> Reply:
+    """The reply delivering a finished job: images and scores, or the reason it failed."""
+    if job.state is JobState.CANCELLED:
+        return _reply(job, f"Job #{job.id} was cancelled.")
+    if job.state is JobState.FAILED:
+        return _failed(job, preview)
+    if isinstance(job.params, FaceParams):
+        return _face_done(job, job.params, results, identity)
+    images = [r for r in results if r.kind is ResultKind.IMAGE]
+    grids = [r for r in results if r.kind is ResultKind.GRID]
+    if job.kind is JobKind.COMPARE:
+        return _compare_done(job, images, grids)
+    return _images_done(job, images)
+
+
+def _reply(
+    job: JobRecord,
+    text: str,
+    files: Sequence[Attachment] = (),
+    buttons: Sequence[Button] = (),
+) -> Reply:
+    return Reply(
+        text=text[:MAX_TEXT],
+        files=tuple(files),
+        buttons=tuple(buttons),
+        kind=ReplyKind.RESULT,
+        job_id=job.id,
+    )
+
+
+def _failed(job: JobRecord, preview: bytes | None) -> Reply:
+    message = job.error_user or "the job failed."
+    text = f"Job #{job.id} failed: {message}"
+    match = _SEVERAL_FACES.match(message)
+    if job.kind is not JobKind.FACE or match is None:
+        return _reply(job, text)
+    count = min(int(match.group(1)), MAX_FACE_BUTTONS)
+    buttons = [Button(f"Face {n}", actions.face_choice(job.id, n)) for n in range(1, count + 1)]
+    files = [Attachment(f"job{job.id}-faces.png", preview, "the faces found, numbered")]
+    return _reply(job, text, files if preview else (), buttons)
+
+
+def _face_done(
+    job: JobRecord,
+    params: FaceParams,
+    results: Sequence[ResultRecord],
+    identity: IdentitySummary | None,
+) -> Reply:
+    verb = "Saved face" if params.mode is FaceMode.ADD else "Added a photo to face"
+    text = f"{verb} '{params.name}'."
+    if identity is not None:
+        photos = "photo" if identity.n_refs == 1 else "photos"
+        default = ", your default face" if identity.is_default else ""
+        text = f"{verb} '{identity.name}' ({identity.n_refs} {photos}{default})."
+    files = [_image_file(job, r) for r in results]
+    hint = f"Use it: /imagine a portrait --face {params.name}"
+    return _reply(job, f"Job #{job.id}: {text} {hint}", files)
+
+
+def _images_done(job: JobRecord, images: Sequence[ResultRecord]) -> Reply:
+    if len(images) == 1:
+        only = images[0]
+        text = f"Job #{job.id} done: {_caption(only)}"
+        buttons = [
+            Button("Re-roll", actions.reroll(job.id)),
+            Button("Vary", actions.vary(job.id, only.index)),
+            Button("Use seed", actions.use_seed(job.id, only.index)),
+            Button("Delete", actions.delete(job.id), ButtonStyle.DANGER),
+        ]
+        return _reply(job, text, [_image_file(job, only)], buttons)
+    lines = [f"Job #{job.id} done: {len(images)} images."]
+    lines += [f"{r.index + 1}. {_caption(r)}" for r in images]
+    buttons = [Button("Re-roll", actions.reroll(job.id))]
+    buttons += [
+        Button(f"Vary {r.index + 1}", actions.vary(job.id, r.index))
+        for r in images[:MAX_VARY_BUTTONS]
+    ]
+    buttons.append(Button("Delete", actions.delete(job.id), ButtonStyle.DANGER))
+    return _reply(job, "\n".join(lines), [_image_file(job, r) for r in images], buttons)
+
+
+def _compare_done(
+    job: JobRecord, images: Sequence[ResultRecord], grids: Sequence[ResultRecord]
+) -> Reply:
+    scores = [r.identity_score for r in images if r.identity_score is not None]
+    mean = f" Mean likeness {sum(scores) / len(scores):.2f}." if scores else ""
+    lines = [f"Job #{job.id} done: the face across {len(images)} prompts.{mean}"]
+    lines += [f"{r.index + 1}. {_score(r)} — {_short(r.prompt or '')}" for r in images]
+    files = [_image_file(job, g) for g in grids] or [_image_file(job, r) for r in images]
+    buttons = [
+        Button("Re-roll", actions.reroll(job.id)),
+        Button("Delete", actions.delete(job.id), ButtonStyle.DANGER),
+    ]
+    return _reply(job, "\n".join(lines), files, buttons)
+
+
+def _caption(r: ResultRecord) -> str:
+    parts = [f"“{_short(r.prompt or '')}”"] if r.prompt else []
+    if r.seed is not None:
+        parts.append(f"seed {r.seed}")
+    if r.identity_score is not None:
+        parts.append(f"likeness {r.identity_score:.2f}")
+    return " · ".join(parts)
+
+
+def _score(r: ResultRecord) -> str:
+    return "likeness n/a" if r.identity_score is None else f"likeness {r.identity_score:.2f}"
+
+
+def _short(text: str, n: int = 80) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _image_file(job: JobRecord, r: ResultRecord) -> Attachment:
+    tag = "grid" if r.kind is ResultKind.GRID else str(r.index + 1)
+    return Attachment(f"job{job.id}-{tag}.png", r.png, _short(r.prompt or "", 200))
