@@ -21,7 +21,7 @@ import logging
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -95,11 +95,21 @@ OFFICIAL_VIT_TOKENS = 577
 
 @dataclass(frozen=True)
 class IdEntry:
-    """One identity to inject: tokens (1 or B, T, kv_dim), a scalar weight, an optional mask."""
+    """One identity to inject: tokens (1 or B, T, kv_dim), a scalar weight, an optional mask.
+
+    The weight is also kept as a 0-d fp32 tensor so a compiled hook does not specialise on its
+    value (no recompilation per weight); `w · CA` is computed in fp32 and rounded once, as a
+    Python-float multiply does.
+    """
 
     tokens: torch.Tensor
     weight: float = 1.0
     mask: torch.Tensor | None = None
+    weight_tensor: torch.Tensor = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        scale = torch.tensor(float(self.weight), dtype=torch.float32, device=self.tokens.device)
+        object.__setattr__(self, "weight_tensor", scale)
 
 
 EntryLike = IdEntry | tuple[torch.Tensor, float] | tuple[torch.Tensor, float, torch.Tensor | None]
@@ -165,7 +175,8 @@ def _inject(
     out = img
     for entry in injection.entries:
         _check_batch(entry, img)
-        delta = entry.weight * ca(entry.tokens, img)
+        attn = ca(entry.tokens, img)
+        delta = (attn.float() * entry.weight_tensor).to(attn.dtype)
         if entry.mask is not None:
             delta = delta * entry.mask
         out = out + delta
