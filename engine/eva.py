@@ -27,7 +27,8 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
-#: 1-based indices of the blocks whose *input* PuLID reads (official: 0 < i <= 20, i % 4 == 0).
+#: Hidden-state indices PuLID reads (official: 0 < i <= 20, i % 4 == 0): index i is the sequence
+#: entering 0-based block i, i.e. the output of block i - 1 (HF ``hidden_states[i]``).
 HIDDEN_BLOCKS = (4, 8, 12, 16, 20)
 
 

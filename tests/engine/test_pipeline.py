@@ -1,0 +1,225 @@
+"""The sampling loop on tiny FLUX components (CPU): parity with diffusers, the three PuLID rules."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from engine import tiny
+from engine.pipeline import (
+    FluxPulidPipeline,
+    GenerationCancelled,
+    IdentityTokens,
+    PipelineInputError,
+    Progress,
+    SamplingParams,
+    plan_steps,
+)
+from engine.pulid import PulidAdapter
+
+PARAMS = SamplingParams(width=64, height=48, steps=4, seed=7, max_sequence_length=32)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run fastest on one thread (and do not fight parallel test runs)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def flux():
+    return tiny.flux_pipeline(seed=0)
+
+
+@pytest.fixture(scope="module")
+def adapter(flux):
+    state = PulidAdapter.build_state_dict_tiny(flux.transformer, vit_dim=32, seed=1)
+    return PulidAdapter.attach(flux.transformer, state, encoder_heads=4, ca_heads=2)
+
+
+@pytest.fixture(scope="module")
+def pipe(flux, adapter) -> FluxPulidPipeline:
+    return FluxPulidPipeline(flux, adapter, torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def identity(adapter) -> IdentityTokens:
+    gen = torch.Generator().manual_seed(3)
+    cond = torch.randn(1, 8, 64, generator=gen)
+    return IdentityTokens(cond, adapter.uncond_tokens(vit_tokens=17).float())
+
+
+@pytest.fixture(scope="module")
+def embeds(pipe):
+    return pipe.encode_prompt("a portrait photo", PARAMS.max_sequence_length)
+
+
+def _diffusers(flux, output_type: str, **kw):
+    gen = torch.Generator("cpu").manual_seed(PARAMS.seed)
+    args = dict(
+        height=PARAMS.height, width=PARAMS.width, num_inference_steps=PARAMS.steps,
+        guidance_scale=PARAMS.guidance, generator=gen, max_sequence_length=32,
+        output_type=output_type,
+    )  # fmt: skip
+    return flux("a portrait photo", **{**args, **kw}).images
+
+
+def test_plain_loop_equals_diffusers_flux_pipeline(pipe, flux, embeds) -> None:
+    latents = pipe.denoise(embeds, PARAMS)
+    assert torch.equal(latents, _diffusers(flux, "latent"))
+    image = pipe.generate(["a portrait photo"], PARAMS)[0]
+    assert np.array_equal(np.asarray(image), np.asarray(_diffusers(flux, "pil")[0]))
+
+
+def test_true_cfg_from_step_zero_equals_diffusers_true_cfg(pipe, flux, embeds) -> None:
+    params = SamplingParams(**{**PARAMS.__dict__, "true_cfg": 3.0, "cfg_start_step": 0})
+    negative = pipe.encode_prompt("blurry", 32)
+    latents = pipe.denoise(embeds, params, negative=negative)
+    reference = _diffusers(flux, "latent", negative_prompt="blurry", true_cfg_scale=3.0)
+    assert torch.equal(latents, reference)
+
+
+def test_weight_zero_and_no_identity_are_plain_flux(pipe, flux, embeds, identity) -> None:
+    plain = _diffusers(flux, "latent")
+    zero = SamplingParams(**{**PARAMS.__dict__, "id_weight": 0.0})
+    assert torch.equal(pipe.denoise(embeds, zero, identity), plain)
+    with_id = pipe.denoise(embeds, PARAMS, identity)
+    assert not torch.allclose(with_id, plain)
+    # nothing lingers after a run with an identity: outside the context it is plain FLUX again
+    assert torch.equal(pipe.denoise(embeds, PARAMS), plain)
+    assert torch.equal(_diffusers(flux, "latent"), plain)
+
+
+def _spy(pipe, adapter, embeds, negative):
+    """Log per transformer call: which text (pos/neg) and which tokens reached CA module 0."""
+    calls: list[list] = []
+
+    def on_forward(_module, _args, kwargs):
+        text = kwargs["encoder_hidden_states"]
+        calls.append(["pos" if text is embeds.prompt_embeds else "neg", None])
+
+    def on_ca(_module, args, _output):
+        calls[-1][1] = args[0].clone()
+
+    handles = [
+        pipe.transformer.register_forward_pre_hook(on_forward, with_kwargs=True),
+        adapter.pulid_ca[0].register_forward_hook(on_ca),
+    ]
+    return calls, handles
+
+
+def test_start_step_and_true_cfg_switch_on_at_the_configured_steps(
+    pipe, adapter, embeds, identity
+) -> None:
+    params = SamplingParams(
+        **{**PARAMS.__dict__, "steps": 5, "start_step": 3, "true_cfg": 3.0, "cfg_start_step": 1}
+    )
+    negative = pipe.encode_prompt("blurry", 32)
+    calls, handles = _spy(pipe, adapter, embeds, negative)
+    steps: list[int] = []
+    try:
+        pipe.denoise(embeds, params, identity, negative=negative, on_step=steps.append)
+    finally:
+        for h in handles:
+            h.remove()
+    kinds = [kind for kind, _ in calls]
+    assert kinds == ["pos"] + ["pos", "neg"] * 4
+    tokens = [t for _, t in calls]
+    assert all(t is None for t in tokens[:5])  # steps 0-2: no identity at all
+    for i in (5, 7):  # steps 3 and 4: cond tokens in the positive, uncond in the negative pass
+        assert torch.equal(tokens[i], identity.cond)
+        assert torch.equal(tokens[i + 1], identity.uncond)
+    assert steps == [1, 2, 3, 4, 5]
+
+
+def test_plan_steps_applies_the_official_cfg_threshold() -> None:
+    off = plan_steps(SamplingParams(steps=3, true_cfg=1.005), has_identity=True)
+    on = plan_steps(SamplingParams(steps=3, true_cfg=1.02, start_step=2), has_identity=True)
+    assert [p.use_cfg for p in off] == [False, False, False]
+    assert [(p.use_id, p.use_cfg) for p in on] == [(False, False), (False, True), (True, True)]
+    assert not any(p.use_id for p in plan_steps(SamplingParams(steps=3), has_identity=False))
+
+
+def test_same_seed_same_image_other_seed_other_image(pipe, identity) -> None:
+    a = pipe.generate(["a portrait photo"], PARAMS, identity)[0]
+    b = pipe.generate(["a portrait photo"], PARAMS, identity)[0]
+    c = pipe.generate(["a portrait photo"], SamplingParams(**{**PARAMS.__dict__, "seed": 8}))[0]
+    assert np.array_equal(np.asarray(a), np.asarray(b))
+    assert not np.array_equal(np.asarray(a), np.asarray(c))
+
+
+def test_batch_encodes_text_once_per_prompt_and_seeds_in_turn(pipe, monkeypatch) -> None:
+    calls: list[str] = []
+    original = pipe.encode_prompt
+
+    def counting(prompt, max_sequence_length=128):
+        calls.append(prompt)
+        return original(prompt, max_sequence_length)
+
+    monkeypatch.setattr(pipe, "encode_prompt", counting)
+    params = SamplingParams(**{**PARAMS.__dict__, "true_cfg": 2.0})
+    images = pipe.generate(["one", "two", "three"], params, negative="blurry")
+    assert calls == ["blurry", "one", "two", "three"]
+    second = pipe.generate(
+        ["two"], SamplingParams(**{**params.__dict__, "seed": 8}), negative="blurry"
+    )
+    assert np.array_equal(np.asarray(images[1]), np.asarray(second[0]))
+
+
+def test_precomputed_embeds_bypass_the_text_encoders(pipe, embeds, monkeypatch) -> None:
+    expected = pipe.generate(["a portrait photo"], PARAMS)[0]
+    monkeypatch.setattr(pipe, "encode_prompt", lambda *a, **k: pytest.fail("text encoded"))
+    got = pipe.generate([embeds], PARAMS)[0]
+    assert np.array_equal(np.asarray(got), np.asarray(expected))
+
+
+def test_callback_returning_false_stops_within_one_step(pipe) -> None:
+    forwards: list[int] = []
+    handle = pipe.transformer.register_forward_pre_hook(lambda *_: forwards.append(1))
+    seen: list[Progress] = []
+
+    def callback(progress: Progress) -> bool:
+        seen.append(progress)
+        return progress.step < 2
+
+    params = SamplingParams(**{**PARAMS.__dict__, "steps": 6})
+    try:
+        with pytest.raises(GenerationCancelled) as info:
+            pipe.generate(["a", "b"], params, callback=callback)
+    finally:
+        handle.remove()
+    assert len(forwards) == 2 and (info.value.image, info.value.step) == (0, 2)
+    assert [p.step for p in seen] == [1, 2] and seen[-1].fraction == pytest.approx(2 / 12)
+
+
+def test_callback_exception_propagates(pipe) -> None:
+    class Stop(Exception):
+        pass
+
+    def callback(progress: Progress) -> None:
+        raise Stop
+
+    with pytest.raises(Stop):
+        pipe.generate(["a"], PARAMS, callback=callback)
+
+
+@pytest.mark.parametrize(
+    ("change", "word"),
+    [({"width": 60}, "width"), ({"height": 0}, "height"), ({"steps": 0}, "steps"),
+     ({"width": 4096, "height": 4096}, "cap"), ({"max_sequence_length": 1024}, "max_sequence")],
+)  # fmt: skip
+def test_bad_parameters_name_the_argument(pipe, change, word) -> None:
+    with pytest.raises(PipelineInputError, match=word):
+        pipe.generate(["a"], SamplingParams(**{**PARAMS.__dict__, **change}), max_pixels=2**22)
+
+
+def test_true_cfg_with_identity_needs_uncond_tokens(pipe, identity) -> None:
+    params = SamplingParams(**{**PARAMS.__dict__, "true_cfg": 2.0})
+    with pytest.raises(PipelineInputError, match="uncond"):
+        pipe.generate(["a"], params, IdentityTokens(identity.cond))
+    with pytest.raises(PipelineInputError, match="non-empty"):
+        pipe.generate(["  "], PARAMS)
