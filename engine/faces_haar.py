@@ -1,15 +1,18 @@
 """Offline face detector from OpenCV's bundled Haar cascades (face + eyes); no download.
 
 Lower quality than SCRFD and reported as such. Faces are searched on a grayscale copy with its
-long edge at ``work_side``, upright and rotated by ±20° (tilted heads); every candidate must show
-at least one eye (eye cascade on a contrast-equalised patch of the face's upper part), which
-removes most false positives (hands, fabric). The five keypoints are estimated from the eyes: the
-ArcFace template is fitted to the two eye centres by a similarity transform, which places the
-nose and mouth corners. With one eye found the other is mirrored across the face's axis.
-A second, differently trained cascade (alt2) must also fire on the face's upright crop: its raw
-window count is the candidate's support (at least 15), and the score is support / (support + 20),
-× 0.85 with a mirrored eye: a ranking, not a calibrated probability.
-"""
+long edge at ``work_side``, upright and rotated by ±20° (tilted heads). Each candidate is then
+checked twice, which removes most false positives (hands, pictures, glasses on a table):
+
+* a second, differently trained cascade (alt2) must put at least 15 raw windows on the
+  candidate's upright crop (its *support*);
+* the eye cascade must find at least one eye on a contrast-equalised patch of the face's upper
+  part.
+
+The five keypoints are estimated from the eyes: the ArcFace template is fitted to the two eye
+centres by a similarity transform, which places the nose and mouth corners; with one eye found,
+the other is mirrored across the face's axis. The score is support / (support + 20), × 0.85 with
+a mirrored eye: a ranking, not a calibrated probability."""
 
 from __future__ import annotations
 
@@ -42,7 +45,6 @@ NMS_IOU = 0.3
 class _Candidate:
     patch_to_image: np.ndarray  # 2×3: eye-patch pixels → image pixels
     size: float  # face box side in image pixels
-    weight: float  # face cascade level weight
 
 
 def _cascade(name: str) -> cv2.CascadeClassifier:
@@ -100,7 +102,7 @@ class HaarDetector:
         self.clahe = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(4, 4))
 
     def detect(self, bgr: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, float]]:
-        """(bbox x1y1x2y2, kps (5, 2), score) for every face with a visible eye."""
+        """(bbox x1y1x2y2, kps (5, 2), score) for every face passing both checks."""
         gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
         found = [f for c in self._candidates(gray) if (f := self._verify(gray, c)) is not None]
         found.sort(key=lambda f: -f[2])
@@ -123,18 +125,13 @@ class HaarDetector:
             rot = cv2.getRotationMatrix2D((w / 2, h / 2), angle, 1.0)
             view = cv2.warpAffine(small, rot, (w, h)) if angle else small
             to_image = np.diag([1 / scale, 1 / scale, 1.0]) @ np.linalg.inv(_homog(rot))
-            boxes, _, weights = self.face.detectMultiScale3(
-                view,
-                1.1,
-                self.min_neighbors,
-                minSize=(self.min_size,) * 2,
-                outputRejectLevels=True,
+            boxes = self.face.detectMultiScale(
+                view, 1.1, self.min_neighbors, minSize=(self.min_size,) * 2
             )
-            boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-            for (x, y, a), wt in zip(boxes[:, :3], np.ravel(weights), strict=True):
+            for x, y, a, _ in np.asarray(boxes, np.float64).reshape(-1, 4):
                 k = a / PATCH_W  # patch px → view px
                 patch_to_view = np.array([[k, 0, x], [0, k, y], [0, 0, 1.0]])
-                out.append(_Candidate((to_image @ patch_to_view)[:2], a / scale, float(wt)))
+                out.append(_Candidate((to_image @ patch_to_view)[:2], a / scale))
         return out
 
     def _verify(self, gray: np.ndarray, cand: _Candidate):
