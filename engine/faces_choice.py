@@ -109,10 +109,13 @@ def crop_box(
         values = (crop.x, crop.y, crop.w, crop.h)  # type: ignore[attr-defined]
         relative = bool(getattr(crop, "relative", relative))
     else:
-        values = tuple(crop)  # type: ignore[arg-type]
-    if len(values) != 4 or not all(np.isfinite(float(v)) for v in values):
+        values = crop
+    try:
+        x, y, w, h = (float(v) for v in values)  # type: ignore[union-attr]
+    except (TypeError, ValueError) as exc:
+        raise BadCropError("A crop box needs four numbers: x, y, width, height.") from exc
+    if not all(np.isfinite((x, y, w, h))):
         raise BadCropError("A crop box needs four numbers: x, y, width, height.")
-    x, y, w, h = (float(v) for v in values)
     if w <= 0 or h <= 0 or x < 0 or y < 0:
         raise BadCropError("A crop box needs x, y ≥ 0 and a positive width and height.")
     if relative and max(x, y, w, h) > 1:

@@ -132,6 +132,7 @@ def test_crop_without_a_face(three):
         ((0.5, 0.5, 1.5, 0.2), True, "fractions"),
         ((1, 2, 3), False, "four numbers"),
         ((float("nan"), 0, 1, 1), False, "four numbers"),
+        (("a", 0, 1, 1), False, "four numbers"),
     ],
 )
 def test_bad_crops(three, crop, relative: bool, match: str):
