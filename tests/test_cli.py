@@ -1,0 +1,72 @@
+"""The ``pulid-bot`` command line: help, config show, db upgrade."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bot.cli import build_parser
+
+COMMANDS = ("serve", "engine", "chat", "demo", "db", "config", "models")
+
+
+def _cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("PULID_BOT")}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "bot.cli", *args],
+        cwd=cwd,
+        env=full_env | {"PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_help_lists_every_command(tmp_path: Path) -> None:
+    began = time.monotonic()
+    out = _cli("--help", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    for command in COMMANDS:
+        assert command in out.stdout
+    assert time.monotonic() - began < 10
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["db", "upgrade"], ["config", "show"], ["models", "download"], ["models", "check"]],
+)
+def test_sub_commands_parse(argv: list[str]) -> None:
+    args = build_parser().parse_args(argv)
+    assert args.command == argv[0]
+
+
+def test_config_show_masks_secrets(tmp_path: Path) -> None:
+    out = _cli("config", "show", cwd=tmp_path, env={"PULID_BOT__DISCORD__TOKEN": "tok-secret"})
+    assert out.returncode == 0, out.stderr
+    assert "tok-secret" not in out.stdout + out.stderr
+    assert '"preset": "tiny"' in out.stdout
+
+
+def test_bad_config_is_a_one_line_error(tmp_path: Path) -> None:
+    (tmp_path / "config.toml").write_text('[engine]\npreset = "huge"\n')
+    out = _cli("config", "show", cwd=tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0
+    assert "engine.preset" in out.stderr
+
+
+def test_db_upgrade_creates_the_schema_in_an_empty_folder(tmp_path: Path) -> None:
+    out = _cli("db", "upgrade", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    db = tmp_path / "data" / "pulid-bot.db"
+    tables = {r[0] for r in sqlite3.connect(db).execute("select name from sqlite_master")}
+    assert {"users", "identities", "jobs", "results", "alembic_version"} <= tables
+    again = _cli("db", "upgrade", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
