@@ -58,7 +58,7 @@ class CoreBase:
     """State shared by the command mixins of :class:`bot.core.app.Core`."""
 
     def __init__(self, settings: Settings, db: Database) -> None:
-        self.settings = settings
+        self.config = settings
         self.limits = settings.limits
         self.db = db
         self.moderation = Moderation(settings.moderation)

@@ -91,7 +91,7 @@ class FaceCommands(CoreBase):
         buttons = yes_no(
             ("Accept", actions.consent(user.id, True)), ("Decline", actions.consent(user.id, False))
         )
-        return Reply(text=consent_text(self.settings.storage), buttons=buttons, ephemeral=True)
+        return Reply(text=consent_text(self.config.storage), buttons=buttons, ephemeral=True)
 
     async def answer_consent(self, user: UserRecord, yes: bool) -> Reply:
         """Record the answer; on Accept, queue the face job that was waiting for it."""

@@ -101,5 +101,5 @@ class Reply:
 
 
 def error_reply(message: str) -> Reply:
-    """A one-line, private failure."""
-    return Reply(text=message, ephemeral=True, kind=ReplyKind.ERROR)
+    """A one-line, private failure (its first letter capitalised)."""
+    return Reply(text=message[:1].upper() + message[1:], ephemeral=True, kind=ReplyKind.ERROR)
