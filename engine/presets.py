@@ -21,7 +21,7 @@ from PIL import Image
 from engine import models, tiny
 from engine.eva import EvaTower, build_eva, load_eva_weights
 from engine.identity import FUSION_METHODS, IdentityEmbedding, IdentityEncoder, check_fingerprint
-from engine.memory import MemoryPlan, apply_memory_mode
+from engine.memory import MEMORY_MODES, MemoryModeError, MemoryPlan, apply_memory_mode
 from engine.pipeline import (
     FluxPulidPipeline,
     IdentityTokens,
@@ -248,6 +248,10 @@ def load_engine(
         raise ValueError(f"preset {preset!r}: choose one of {', '.join(PRESETS)}")
     if fusion not in FUSION_METHODS:
         raise ValueError(f"fusion {fusion!r}: choose one of {', '.join(FUSION_METHODS)}")
+    if memory_mode not in MEMORY_MODES:
+        raise MemoryModeError(
+            f"memory mode {memory_mode!r}: choose one of {', '.join(MEMORY_MODES)}"
+        )
     device = torch.device(device)
     dtype = default_dtype(device)
     workdir = None

@@ -1,0 +1,145 @@
+"""The engine a worker holds, on the tiny preset: faces → identity → images → scores."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from engine.identity import FingerprintMismatch, IdentityEmbedding
+from engine.memory import MemoryModeError
+from engine.pipeline import PipelineInputError, SamplingParams
+from engine.presets import (
+    TINY_NOTICE,
+    EngineOutOfMemory,
+    load_engine,
+    size_for_aspect,
+)
+
+PARAMS = SamplingParams(width=64, height=64, steps=3, seed=5, max_sequence_length=32)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def engine():
+    eng = load_engine("tiny", max_pixels=256 * 256)
+    yield eng
+    eng.close()
+
+
+@pytest.fixture(scope="module")
+def identity(engine, astronaut_png) -> IdentityEmbedding:
+    return engine.encode_identity([astronaut_png])
+
+
+def test_identity_from_a_real_photo(engine, identity, astronaut_png) -> None:
+    assert identity.id_tokens.shape == (1, 8, 64) and identity.arcface.shape == (1, 512)
+    assert identity.fingerprint == engine.fingerprint and engine.fingerprint.startswith("tiny:")
+    face = engine.prepare_face(astronaut_png)
+    assert face.eva_input.shape == (1, 3, 56, 56) and face.thumbnail_png.startswith(b"\x89PNG")
+    again = engine.encode_identity([face])
+    assert torch.allclose(again.id_tokens, identity.id_tokens)
+    assert engine.notice == TINY_NOTICE
+
+
+def test_batch_uses_one_identity_encode(engine, astronaut_png, monkeypatch) -> None:
+    counts = {"eva": 0, "idformer": 0, "fuse": 0}
+    tower, idformer = engine.encoder.tower, engine.encoder.adapter.pulid_encoder
+    handles = [
+        tower.register_forward_hook(lambda *_: counts.__setitem__("eva", counts["eva"] + 1)),
+        idformer.register_forward_hook(
+            lambda *_: counts.__setitem__("idformer", counts["idformer"] + 1)
+        ),
+    ]
+    fused = IdentityEmbedding.fused
+
+    def counting(self, method="mean"):
+        counts["fuse"] += 1
+        return fused(self, method)
+
+    monkeypatch.setattr(IdentityEmbedding, "fused", counting)
+    try:
+        emb = engine.encode_identity([astronaut_png])
+        images = engine.generate(["one", "two", "three"], PARAMS, emb)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert len(images) == 3 and images[0].size == (64, 64)
+    assert counts == {"eva": 1, "idformer": 1, "fuse": 1}  # uncond tokens were cached before
+
+
+def test_generation_is_deterministic_and_scored(engine, identity) -> None:
+    params = SamplingParams(**{**PARAMS.__dict__, "true_cfg": 2.0, "start_step": 1})
+    a = engine.generate(["a portrait"], params, identity)[0]
+    b = engine.generate(["a portrait"], params, identity)[0]
+    assert np.array_equal(np.asarray(a), np.asarray(b))
+    score = engine.score(a, identity.arcface)
+    assert score.similarity is None and "no face" in score.note  # tiny models draw noise
+
+
+def test_foreign_embedding_and_oversize_are_refused(engine, identity) -> None:
+    foreign = IdentityEmbedding(
+        identity.id_tokens, identity.uncond_tokens, identity.arcface, "flux-dev:0000"
+    )
+    with pytest.raises(FingerprintMismatch):
+        engine.generate(["a"], PARAMS, foreign)
+    big = SamplingParams(**{**PARAMS.__dict__, "width": 512, "height": 512})
+    with pytest.raises(PipelineInputError, match="cap"):
+        engine.generate(["a"], big)
+
+
+def test_out_of_memory_becomes_a_clear_engine_error(engine, monkeypatch) -> None:
+    def boom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(engine.pipeline, "generate", boom)
+    with pytest.raises(EngineOutOfMemory, match="ran out of memory"):
+        engine.generate(["a"], PARAMS)
+
+
+def test_offload_mode_gives_the_same_image_as_gpu_mode(engine) -> None:
+    expected = engine.generate(["a portrait"], PARAMS)[0]
+    offload = load_engine("tiny", memory_mode="offload")
+    try:
+        assert len(offload.memory.hooks) == 5  # EVA, CLIP, T5, transformer, VAE
+        got = offload.generate(["a portrait"], PARAMS)[0]
+    finally:
+        offload.close()
+    assert np.array_equal(np.asarray(got), np.asarray(expected))
+
+
+def test_fp8_mode_quantises_the_transformer_blocks_only(engine, identity) -> None:
+    fp8 = load_engine("tiny", memory_mode="fp8")
+    try:
+        transformer = fp8.pipeline.transformer
+        block_weight = transformer.transformer_blocks[0].attn.to_q.weight
+        assert type(block_weight).__name__ == "Float8Tensor"
+        assert type(transformer.x_embedder.weight) is torch.nn.Parameter
+        assert fp8.pipeline.adapter.pulid_ca[0].to_q.weight.dtype == torch.float32
+        image = fp8.generate(["a portrait"], PARAMS, identity)[0]
+    finally:
+        fp8.close()
+    reference = engine.generate(["a portrait"], PARAMS, identity)[0]
+    diff = np.abs(np.asarray(image, np.int16) - np.asarray(reference, np.int16))
+    assert image.size == (64, 64) and diff.mean() < 8  # close to full precision, not equal
+
+
+def test_aspect_presets_and_bad_choices() -> None:
+    assert size_for_aspect("1:1") == (1024, 1024)
+    w, h = size_for_aspect("3:4", max_pixels=896 * 1152)
+    assert (w % 16, h % 16) == (0, 0) and w * h <= 896 * 1152 and abs(w / h - 0.75) < 0.02
+    with pytest.raises(PipelineInputError, match="aspect"):
+        size_for_aspect("5:7")
+    with pytest.raises(ValueError, match="preset"):
+        load_engine("flux-schnell")
+    with pytest.raises(ValueError, match="fusion"):
+        load_engine("tiny", fusion="median")
+    with pytest.raises(MemoryModeError, match="memory mode"):
+        load_engine("tiny", memory_mode="turbo")
