@@ -225,14 +225,13 @@ def test_several_identities_add_deltas_from_the_same_image(setup, tokens) -> Non
     assert rel_err(port, ref) <= 1e-5
 
 
-def test_mask_must_cover_the_image_tokens(setup, tokens) -> None:
+def test_mask_must_fit_the_image_tokens(setup, tokens) -> None:
     tw, _, adapter = setup
-    error = "token mask covers 9 tokens, the image has 16"
-    with (
-        pytest.raises(ValueError, match=error),
-        adapter.identity(tokens[:1], mask=torch.ones(1, 9)),
-    ):
+    error = r"token mask \(1, 9, 1\) does not fit the image tokens \(1, 16\)"
+    with pytest.raises(ValueError, match=error), adapter.identity(tokens[:1], mask=torch.ones(9)):
         _run(tw, twin.flux_inputs())
+    with pytest.raises(ValueError, match="token mask must be"):
+        adapter.identity(tokens[:1], mask=torch.ones(1, 16, 2)).__enter__()
 
 
 # ---------------------------------------------------------------------------- bf16

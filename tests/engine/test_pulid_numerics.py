@@ -168,3 +168,14 @@ def test_weight_zero_equals_plain_exactly(setup, id_tokens) -> None:
     with adapter.identity(id_tokens, 0.0):
         zero = _run(tw, inputs)
     assert torch.equal(zero, _run(tw, inputs))
+
+
+def test_oracle_detects_misplaced_injection(setup, id_tokens) -> None:
+    """Negative control: the same CA modules at the wrong blocks are caught."""
+    tw, state, adapter = setup
+    inputs = twin.flux_inputs()
+    with adapter.identity(id_tokens, 1.0):
+        port = _run(tw, inputs)
+    right = twin.reference_injector(state, id_tokens, 1.0)
+    rotated = lambda index, img: right((index + 1) % 4, img)  # noqa: E731
+    assert rel_err(port, twin.run_bfl(tw, inputs, rotated)) > 1e-2
