@@ -111,6 +111,9 @@ class Console:
 
     def show(self, reply: Reply) -> None:
         """Print a reply: text, saved file paths, numbered buttons."""
+        if reply.kind is ReplyKind.PROGRESS:
+            self.out.write(f"  … {reply.text}\n")
+            return
         mark = "! " if reply.is_error else ""
         self.errors += reply.is_error
         self.out.write(f"{mark}{reply.text}\n")

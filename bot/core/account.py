@@ -9,6 +9,7 @@ from bot.core.base import command, yes_no
 from bot.core.errors import BadInput, Forbidden
 from bot.core.generate import GenerateCommands
 from bot.core.messages import Button, Caller, Reply
+from bot.core.render import plural
 from bot.core.texts import help_text
 from storage import identities, jobs, users
 from storage.job_queries import ACTIVE
@@ -98,8 +99,8 @@ class AccountCommands(GenerateCommands):
         faces = await identities.list_identities(self.db, user.id)
         history = await jobs.list_jobs(self.db, owner_id=user.id, limit=1000)
         text = (
-            f"This erases your {len(faces)} saved faces, {len(history)} jobs and all their images, "
-            "and your settings. It cannot be undone."
+            f"This erases your {plural(len(faces), 'saved face')}, {plural(len(history), 'job')} "
+            "and all their images, and your settings. It cannot be undone."
         )
         buttons = yes_no(
             ("Erase everything", actions.forget(user.id, True)),
@@ -117,7 +118,8 @@ class AccountCommands(GenerateCommands):
         counts = await users.erase_user(self.db, user.id)
         self._forget_user_state(user.id, [j.id for j in every])
         return Reply(
-            f"Erased {counts.identities} faces, {counts.jobs} jobs and {counts.results} images. "
+            f"Erased {plural(counts.identities, 'face')}, {plural(counts.jobs, 'job')} and "
+            f"{plural(counts.results, 'image')}. "
             "Nothing of yours is left here.",
             ephemeral=True,
             remove_source=True,

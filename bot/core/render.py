@@ -17,6 +17,11 @@ MAX_VARY_BUTTONS = 10
 BAR = 10
 
 
+def plural(n: int, word: str) -> str:
+    """``1 face``, ``2 faces``."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 def receipt(job_id: int, kind: JobKind, position: int) -> Reply:
     """The instant answer to a queued job."""
     return Reply(

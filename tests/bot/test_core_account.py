@@ -113,7 +113,7 @@ async def test_forget_erases_every_row_of_the_user_only(
     before_bob = await rows_of(core, bob_id)
 
     ask = await say(core, alice, "/forget")
-    assert ask.text.startswith("This erases your 1 saved faces, 4 jobs and all their images")
+    assert ask.text.startswith("This erases your 1 saved face, 4 jobs and all their images")
     assert [b.label for b in ask.buttons] == ["Erase everything", "Keep my data"]
     refused = await core.press(bob, button(ask, "Erase everything"))
     assert refused.is_error and refused.text == "This button is not for you."
@@ -121,7 +121,7 @@ async def test_forget_erases_every_row_of_the_user_only(
     assert kept.text == "Kept: nothing was erased." and (await rows_of(core, alice_id))["jobs"] == 4
 
     done = await core.press(alice, button(ask, "Erase everything"))
-    assert done.text.startswith("Erased 1 faces, 4 jobs and 6 images.") and done.remove_source
+    assert done.text.startswith("Erased 1 face, 4 jobs and 6 images.") and done.remove_source
     assert await rows_of(core, alice_id) == {"users": 0, "identities": 0, "jobs": 0, "results": 0}
     assert await rows_of(core, bob_id) == before_bob
     stale = await core.press(alice, button(ask, "Erase everything"))

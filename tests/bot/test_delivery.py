@@ -1,0 +1,120 @@
+"""The Deliverer: results once, retries with backoff, resume after restart, throttled progress."""
+
+from __future__ import annotations
+
+import asyncio
+
+from bot_helpers import Inbox, add_face, say
+from bot_worker_fixture import FixtureWorker
+
+from bot.core.app import Core
+from bot.core.delivery import Deliverer
+from bot.core.messages import Caller, ReplyKind
+from storage import jobs
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_each_result_once_and_per_platform(
+    core: Core, worker: FixtureWorker, alice: Caller
+) -> None:
+    await add_face(core, worker, alice)
+    tg = Caller("telegram", "7", channel_id="chat-7", message_ref="msg-1")
+    await add_face(core, worker, tg)
+    console, telegram = Inbox(), Inbox()
+    assert await Deliverer(core.db, "console", console).run_once() == 1
+    assert await Deliverer(core.db, "telegram", telegram).run_once() == 1
+    [(delivery, reply)] = telegram.replies
+    assert (delivery.channel_id, delivery.message_ref) == ("chat-7", "msg-1")
+    assert reply.kind is ReplyKind.RESULT and "Saved face 'me'" in reply.text
+    assert await Deliverer(core.db, "telegram", telegram).run_once() == 0
+    assert len(telegram.replies) == 1 and len(console.replies) == 1
+
+
+async def test_failed_sends_are_retried_with_backoff_and_kept(
+    core: Core, worker: FixtureWorker, alice: Caller
+) -> None:
+    await add_face(core, worker, alice)
+    await Deliverer(core.db, "console", Inbox()).run_once()
+    receipt = await say(core, alice, "/imagine a cat")
+    await worker.drain()
+    clock, inbox = Clock(), Inbox(fail_times=2)
+    deliverer = Deliverer(core.db, "console", inbox, clock=clock, max_backoff=5)
+    assert await deliverer.run_once() == 0  # the send fails
+    assert inbox.replies == []
+    assert (await jobs.get_job(core.db, receipt.job_id or 0)).delivered is False
+    assert await deliverer.run_once() == 0  # backing off: not even tried
+    assert inbox.fail_times == 1
+    clock.now += 2.5
+    assert await deliverer.run_once() == 0  # tried, failed again
+    clock.now += 2.5
+    assert await deliverer.run_once() == 0  # second backoff is 4 s
+    clock.now += 2.0
+    assert await deliverer.run_once() == 1
+    assert (await jobs.get_job(core.db, receipt.job_id or 0)).delivered is True
+
+
+async def test_restart_resumes_undelivered(
+    core: Core, worker: FixtureWorker, alice: Caller
+) -> None:
+    await add_face(core, worker, alice)
+    for prompt in ("a", "b", "c"):
+        await say(core, alice, f"/imagine {prompt}")
+    await worker.drain()
+    first = Inbox(fail_times=10)
+    await Deliverer(core.db, "console", first).run_once()  # the "crashed" process
+    after_restart = Inbox()
+    assert await Deliverer(core.db, "console", after_restart).run_once() == 4
+    assert len({r.job_id for _, r in after_restart.replies}) == 4
+
+
+async def test_progress_is_throttled(core: Core, worker: FixtureWorker, alice: Caller) -> None:
+    await add_face(core, worker, alice)
+    await Deliverer(core.db, "console", Inbox()).run_once()
+    receipt = await say(core, alice, "/imagine a cat")
+    job = await jobs.claim(core.db, "w")
+    assert job is not None
+    clock, progress = Clock(), Inbox()
+    deliverer = Deliverer(
+        core.db, "console", Inbox(), progress=progress, clock=clock, progress_interval=3
+    )
+    await deliverer.run_once()
+    await jobs.progress(core.db, job.id, "w", 1, 28)
+    await deliverer.run_once()  # too soon after "started"
+    clock.now += 3
+    await deliverer.run_once()
+    await deliverer.run_once()  # unchanged step
+    await jobs.progress(core.db, job.id, "w", 14, 28)
+    clock.now += 1
+    await deliverer.run_once()  # too soon
+    clock.now += 2
+    await deliverer.run_once()
+    texts = [r.text for r in progress.for_job(receipt.job_id or 0)]
+    assert texts == [
+        f"Job #{job.id} (imagine) started.",
+        f"Job #{job.id} (imagine) running: step 1/28 ░░░░░░░░░░",
+        f"Job #{job.id} (imagine) running: step 14/28 ▓▓▓▓▓░░░░░",
+    ]
+    assert all(r.kind is ReplyKind.PROGRESS for r in progress.for_job(job.id))
+
+
+async def test_run_loop_delivers_until_stopped(
+    core: Core, worker: FixtureWorker, alice: Caller
+) -> None:
+    inbox = Inbox()
+    deliverer = Deliverer(core.db, "console", inbox, poll_seconds=0.02)
+    task = asyncio.create_task(deliverer.run())
+    await add_face(core, worker, alice)
+    for _ in range(200):
+        if inbox.replies:
+            break
+        await asyncio.sleep(0.01)
+    deliverer.stop()
+    await asyncio.wait_for(task, 2)
+    assert len(inbox.replies) == 1
