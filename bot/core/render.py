@@ -93,8 +93,10 @@ def _failed(job: JobRecord, preview: bytes | None) -> Reply:
         return _reply(job, text)
     count = min(int(match.group(1)), MAX_FACE_BUTTONS)
     buttons = [Button(f"Face {n}", actions.face_choice(job.id, n)) for n in range(1, count + 1)]
+    if not preview:
+        return _reply(job, text, (), buttons)
     files = [Attachment(f"job{job.id}-faces.png", preview, "the faces found, numbered")]
-    return _reply(job, text, files if preview else (), buttons)
+    return _reply(job, text, files, buttons)
 
 
 def _face_done(
