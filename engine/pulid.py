@@ -90,6 +90,11 @@ log = logging.getLogger(__name__)
 DOUBLE_INTERVAL = 2
 SINGLE_INTERVAL = 4
 OFFICIAL_VIT_TOKENS = 577
+#: The tiny PuLID configuration of PULID_SPEC.md §9.2 (heads: encoder 4, CA 2).
+TINY_DIMS = dict(
+    ca_kv_dim=64, ca_dim_head=32, ca_heads=2, enc_dim=64, enc_depth=5, enc_dim_head=16,
+    enc_heads=4, num_id_token=5, num_queries=8, output_dim=64, ff_mult=2, mapping_hidden=1024,
+)  # fmt: skip
 
 
 class PulidAdapter(nn.Module):
@@ -119,16 +124,7 @@ class PulidAdapter(nn.Module):
         ca_heads: int = 16,
     ) -> PulidAdapter:
         """Build the PuLID modules from an official-layout state dict (strict) for `transformer`."""
-        double, single = _block_lists(transformer)
-        num_ca = math.ceil(len(double) / DOUBLE_INTERVAL) + math.ceil(len(single) / SINGLE_INTERVAL)
-        enc_cfg = infer_encoder_config(state_dict, encoder_heads)
-        ca_cfg = infer_ca_config(state_dict, _hidden_width(transformer), ca_heads)
-        check_state_dict(state_dict, expected_shapes(enc_cfg, ca_cfg, num_ca))
-        if enc_cfg.output_dim != ca_cfg.kv_dim:
-            raise PulidWeightsError(
-                f"PuLID state dict: IDFormer output width {enc_cfg.output_dim} does not match "
-                f"the CA token width {ca_cfg.kv_dim} (pulid_ca.0.norm1.weight)"
-            )
+        enc_cfg, ca_cfg, num_ca = _configs(transformer, state_dict, encoder_heads, ca_heads)
         device, dtype = _placement(transformer)
         with torch.device("meta"):
             encoder = IDFormer(enc_cfg)
@@ -149,14 +145,14 @@ class PulidAdapter(nn.Module):
 
         Attach them with `encoder_heads=4, ca_heads=2`.
         """
-        double, single = _block_lists(transformer)
-        num_ca = math.ceil(len(double) / DOUBLE_INTERVAL) + math.ceil(len(single) / SINGLE_INTERVAL)
         return random_pulid_state_dict(
-            num_ca=num_ca, ca_dim=_hidden_width(transformer), ca_kv_dim=64, ca_dim_head=32,
-            ca_heads=2, enc_dim=64, enc_depth=5, enc_dim_head=16, enc_heads=4, num_id_token=5,
-            num_queries=8, output_dim=64, ff_mult=2, id_in_dim=id_in_dim, vit_dim=vit_dim,
-            mapping_hidden=1024, seed=seed,
-        )  # fmt: skip
+            num_ca=_num_ca(transformer),
+            ca_dim=_hidden_width(transformer),
+            id_in_dim=id_in_dim,
+            vit_dim=vit_dim,
+            seed=seed,
+            **TINY_DIMS,
+        )
 
     # ----------------------------------------------------------------- encoding
     @property
@@ -216,7 +212,7 @@ class PulidAdapter(nn.Module):
             self._injection = None
 
     def detach(self) -> None:
-        """Remove every hook and unlink the transformer; the adapter can no longer inject."""
+        """Remove every hook for good: the transformer is plain FLUX, `identity()` is refused."""
         self._remove_hooks()
         self._injection = None
         self._attached = False
@@ -256,6 +252,28 @@ def _block_lists(transformer: nn.Module) -> tuple[nn.ModuleList, nn.ModuleList]:
             "(transformer_blocks and single_transformer_blocks)"
         )
     return double, single
+
+
+def _num_ca(transformer: nn.Module) -> int:
+    """⌈D/2⌉ + ⌈S/4⌉ cross-attention modules for D double and S single blocks."""
+    double, single = _block_lists(transformer)
+    return math.ceil(len(double) / DOUBLE_INTERVAL) + math.ceil(len(single) / SINGLE_INTERVAL)
+
+
+def _configs(
+    transformer: nn.Module, state_dict: dict[str, torch.Tensor], encoder_heads: int, ca_heads: int
+) -> tuple[IDFormerConfig, CAConfig, int]:
+    """Infer the configuration from the shapes and check every key strictly against it."""
+    num_ca = _num_ca(transformer)
+    enc_cfg = infer_encoder_config(state_dict, encoder_heads)
+    ca_cfg = infer_ca_config(state_dict, _hidden_width(transformer), ca_heads)
+    check_state_dict(state_dict, expected_shapes(enc_cfg, ca_cfg, num_ca))
+    if enc_cfg.output_dim != ca_cfg.kv_dim:
+        raise PulidWeightsError(
+            f"PuLID state dict: IDFormer output width {enc_cfg.output_dim} does not match "
+            f"the CA token width {ca_cfg.kv_dim} (pulid_ca.0.norm1.weight)"
+        )
+    return enc_cfg, ca_cfg, num_ca
 
 
 def _hidden_width(transformer: nn.Module) -> int:
