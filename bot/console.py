@@ -15,6 +15,7 @@ import logging
 import sys
 import threading
 from collections.abc import Iterable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import TextIO
 
@@ -26,7 +27,7 @@ from bot.core.messages import Attachment, Button, Caller, Reply, ReplyKind, erro
 from storage import workers
 from storage.config import Settings
 from storage.db import upgrade
-from storage.schemas import Delivery
+from storage.schemas import Delivery, WorkerState
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +227,8 @@ async def _interactive(console: Console) -> int:
 
 
 async def _warn_without_worker(core: Core, out: TextIO) -> None:
-    if not await workers.list_workers(core.db):
+    alive = await workers.list_workers(core.db, alive_within=timedelta(minutes=2))
+    if not any(w.state is not WorkerState.STOPPED for w in alive):
         out.write(
             "No engine worker has registered: start one with `pulid-bot engine` "
             "(queued jobs wait until one runs).\n"

@@ -1,0 +1,204 @@
+"""``pulid-bot demo``: the whole product on embedded defaults, in one scripted session.
+
+SQLite in the data folder, the ``tiny`` preset in a separate engine worker process
+(``python -m engine worker``), and the console adapter running a scripted session: save a face
+from scikit-image's astronaut photo, imagine, batch, compare. Images land in ``./demo-out/``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+import signal
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from bot.cli import engine_command, engine_env
+from bot.console import run_chat
+from storage import workers
+from storage.config import Settings
+from storage.db import Database, upgrade
+from storage.schemas import WorkerState
+
+DEMO_USER = "demo"
+READY_TIMEOUT = 180.0
+STOP_TIMEOUT = 30.0
+#: Small images and few steps: the tiny preset's output is noise at any size.
+SCRIPT = """\
+# pulid-bot demo session (run again with: pulid-bot chat --script {script})
+/help
+/face add astronaut {photo}
+/press Accept
+/face list
+/settings --size 256x256 --steps 4
+/imagine a portrait of an astronaut on the moon, studio light --seed 7
+/batch astronaut \\
+a chef in a busy kitchen \\
+a hiker on a mountain ridge at dawn \\
+a jazz singer on a smoky stage
+/compare astronaut \\
+a portrait in a park \\
+a knight in shining armour \\
+a scientist in a laboratory
+/jobs
+"""
+
+INTRO = """\
+pulid-bot demo: the whole product on embedded defaults.
+  database  {db} (SQLite, fresh for each demo)
+  engine    the 'tiny' preset in a separate worker process (log: {log})
+  chat      the local console, running {script}
+The tiny preset builds the real model classes with tiny random weights, so it runs on a CPU
+in seconds -- and draws noise, not people."""
+
+OUTRO = """\
+Demo finished in {seconds:.0f} s; images and the compare grid are in {out}/.
+The pictures are noise because the tiny preset has random weights. For real images on a GPU:
+  1. put `[engine]` / `preset = "flux-dev"` in config.toml (see config.example.toml),
+  2. run `pulid-bot models download --accept-licence` (FLUX.1-dev, PuLID, EVA02-CLIP, antelopev2),
+  3. run `pulid-bot serve` (Discord/Telegram tokens in config.toml) or `pulid-bot chat`."""
+
+
+def run_demo(
+    settings: Settings,
+    *,
+    out_dir: Path = Path("demo-out"),
+    worker_argv: Sequence[str] | None = None,
+    out: TextIO | None = None,
+) -> int:
+    """Run the demo; returns the exit code (0 when every step succeeded)."""
+    return asyncio.run(demo(settings, out_dir=out_dir, worker_argv=worker_argv, out=out))
+
+
+async def demo(
+    settings: Settings,
+    *,
+    out_dir: Path,
+    worker_argv: Sequence[str] | None = None,
+    out: TextIO | None = None,
+) -> int:
+    """The demo in the running event loop (``worker_argv`` replaces the engine worker)."""
+    out = out or sys.stdout
+    began = time.monotonic()
+    settings = demo_settings(settings)
+    paths = _prepare(settings)
+    out.write(INTRO.format(db=paths["db"], log=paths["log"], script=paths["script"]) + "\n")
+    await upgrade(settings.database.url)
+    argv = list(worker_argv or engine_command(["worker"]))
+    with paths["log"].open("wb") as log_file:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, env=engine_env(paths["config"]), stdout=log_file, stderr=log_file
+        )
+        try:
+            if not await _wait_ready(settings, proc, out):
+                return 1
+            code = await run_chat(
+                settings, script=paths["script"], out_dir=out_dir, user=DEMO_USER, out=out
+            )
+        finally:
+            await _stop(proc)
+    out.write(OUTRO.format(seconds=time.monotonic() - began, out=out_dir) + "\n")
+    return code
+
+
+def demo_settings(settings: Settings) -> Settings:
+    """The given settings with the demo's database, the tiny preset on the CPU, quick polling."""
+    data = settings.storage.data_dir
+    db = data / "demo.db"
+    return settings.model_copy(
+        update={
+            "database": settings.database.model_copy(update={"url": f"sqlite+aiosqlite:///{db}"}),
+            "engine": settings.engine.model_copy(update={"preset": "tiny", "devices": ["cpu"]}),
+            "queue": settings.queue.model_copy(update={"poll_seconds": 0.2}),
+        }
+    )
+
+
+def _prepare(settings: Settings) -> dict[str, Path]:
+    """A fresh demo database, the worker's config, the astronaut photo and the script."""
+    data = settings.storage.data_dir
+    data.mkdir(parents=True, exist_ok=True)
+    db = data / "demo.db"
+    for stale in (db, data / "demo.db-wal", data / "demo.db-shm"):
+        stale.unlink(missing_ok=True)
+    paths = {
+        "db": db,
+        "config": data / "demo-config.toml",
+        "log": data / "demo-worker.log",
+        "photo": data / "astronaut.png",
+        "script": data / "demo-script.txt",
+    }
+    paths["config"].write_text(to_toml(worker_config(settings)), encoding="utf-8")
+    paths["photo"].write_bytes(astronaut_png())
+    script = SCRIPT.format(photo=paths["photo"], script=paths["script"])
+    paths["script"].write_text(script, encoding="utf-8")
+    return paths
+
+
+def astronaut_png() -> bytes:
+    """scikit-image's astronaut photo (Eileen Collins, public domain) as PNG bytes."""
+    from PIL import Image
+    from skimage import data
+
+    buf = io.BytesIO()
+    Image.fromarray(data.astronaut()).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def worker_config(settings: Settings) -> dict[str, dict[str, Any]]:
+    """The settings the worker needs (no platform tokens), as TOML-ready sections."""
+    dumped = settings.model_dump(mode="json", exclude={"discord", "telegram"})
+    return {
+        name: {k: v for k, v in section.items() if v is not None}
+        for name, section in dumped.items()
+    }
+
+
+def to_toml(sections: Mapping[str, Mapping[str, Any]]) -> str:
+    """Sections of scalars and lists as TOML (JSON's strings, numbers and arrays are TOML too)."""
+    lines: list[str] = []
+    for name, values in sections.items():
+        lines.append(f"[{name}]")
+        lines += [f"{key} = {json.dumps(value)}" for key, value in values.items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+async def _wait_ready(settings: Settings, proc: asyncio.subprocess.Process, out: TextIO) -> bool:
+    """Wait until the worker reports ready; False (with a message) if it exits or stalls."""
+    out.write("Starting the engine worker (loading the tiny models)...\n")
+    out.flush()
+    db = await Database.open(settings.database.url)
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            if proc.returncode is not None:
+                out.write(f"! The engine worker exited with code {proc.returncode}; see its log.\n")
+                return False
+            found = await workers.list_workers(db)
+            if any(w.state is WorkerState.READY for w in found):
+                out.write("Engine worker ready.\n")
+                return True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), 0.25)
+        out.write(f"! The engine worker was not ready after {READY_TIMEOUT:.0f} s; see its log.\n")
+        return False
+    finally:
+        await db.close()
+
+
+async def _stop(proc: asyncio.subprocess.Process) -> None:
+    """SIGTERM the worker (it finishes or releases its job); SIGKILL if it hangs."""
+    if proc.returncode is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(proc.wait(), STOP_TIMEOUT)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
