@@ -69,6 +69,21 @@ def models_check(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if problems else 0
 
 
+def worker(args: argparse.Namespace, settings: Settings) -> int:
+    """Run one engine worker on one device (see engine.worker); 1 when it cannot start."""
+    from engine.jobs_startup import worker_command
+
+    return worker_command(args, settings)
+
+
+def _worker_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", help="torch device (default: the first of engine.devices)")
+    parser.add_argument("--burst", action="store_true", help="drain the queue, then exit")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's)")
+    parser.add_argument("--grace", type=float, help="seconds a stopping job may still run (10)")
+    parser.add_argument("--worker-id", help="unique worker name (default: host:pid:device:…)")
+
+
 def _download_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--accept-licence", action="store_true", help="accept the model licences")
 
@@ -82,6 +97,7 @@ COMMANDS: list[Command] = [
             models_download),
     Command(("models", "check"), "validate the configured preset's local weights", _check_args,
             models_check),
+    Command(("worker",), "run one engine worker: claim and run jobs", _worker_args, worker),
 ]  # fmt: skip
 
 

@@ -1,0 +1,267 @@
+"""What the face, imagine and batch jobs do (compare lives in :mod:`engine.compare`).
+
+A runner takes a :class:`JobContext` and returns a :class:`JobOutcome`: the results to store and a
+one-line summary for the user. It raises :class:`~engine.jobs_errors.JobRefused` (or a storage or
+engine error carrying a user message) when the job cannot be done as asked, and
+:class:`~engine.pipeline.GenerationCancelled` when the monitor asked it to stop. Model work runs on
+the worker's compute thread (:meth:`JobContext.compute`); storage calls stay on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import io
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
+
+import numpy as np
+from PIL import Image
+
+from engine import codec
+from engine.faces import FaceError, PreparedFace
+from engine.identity import FingerprintMismatch, IdentityEmbedding
+from engine.images import ImageError, png_bytes
+from engine.jobs_errors import JobRefused, sentence
+from engine.jobs_monitor import JobMonitor
+from engine.pipeline import GenerationCancelled, Progress, SamplingParams
+from engine.presets import Engine
+from engine.scoring import IdentityScore, unit
+from storage import embeddings, identities
+from storage.db import Database
+from storage.errors import NameTaken, NotFound
+from storage.records import IdentityRecord, JobRecord, ResultData
+from storage.schemas import FaceMode, FaceParams, GenerationSettings
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+NO_UPLOAD = "The uploaded photo is no longer available; please send it again."
+#: Two encodings of the same photo by the same weights agree to this tolerance.
+SAME_FACE_ATOL = 1e-4
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    """What a finished job stores: its results, and a summary line for the user."""
+
+    results: list[ResultData]
+    note: str | None = None
+
+
+@dataclass
+class JobContext:
+    """Everything a runner needs: storage, the loaded engine, the job and its monitor."""
+
+    db: Database
+    engine: Engine
+    job: JobRecord
+    monitor: JobMonitor
+    executor: Executor | None = None
+
+    async def compute(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` on the compute thread (the one that owns the models)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, functools.partial(fn, *args))
+
+    def on_step(self, progress: Progress) -> bool:
+        """The pipeline's step callback: one step count over every image of the job."""
+        done = progress.image * progress.steps + progress.step
+        return self.monitor.step(done, progress.images * progress.steps)
+
+    def checkpoint(self, done: int, total: int) -> None:
+        """Report a non-sampling step; stop here when the monitor says so."""
+        if not self.monitor.step(done, total):
+            raise GenerationCancelled(0, done)
+
+    def extra_metadata(self) -> dict[str, str]:
+        meta = {"job": str(self.job.id), "job_kind": self.job.kind.value}
+        return meta | ({"notice": self.engine.notice} if self.engine.notice else {})
+
+
+def join_notes(*notes: str | None) -> str | None:
+    """The notes that are set, as one line (None when there is none)."""
+    kept = [n for n in notes if n]
+    return "; ".join(kept) if kept else None
+
+
+# --- face -------------------------------------------------------------------------------------
+
+
+async def run_face(ctx: JobContext) -> JobOutcome:
+    """Detect, choose and encode the uploaded face; save it as a new identity or a reference."""
+    params = ctx.job.params
+    assert isinstance(params, FaceParams)
+    if not ctx.job.input_blob:
+        raise JobRefused(NO_UPLOAD)
+    face, embedding = await ctx.compute(_encode_upload, ctx, params, ctx.job.input_blob)
+    data = codec.embedding_to_bytes(embedding, params.name)
+    if params.mode is FaceMode.ADD:
+        record = await _add_face(ctx, params, data, embedding, face.thumbnail_png)
+    else:
+        record = await _more_face(ctx, params, data, embedding)
+    png = _face_png(ctx, face.thumbnail_png, record)
+    return JobOutcome([ResultData(index=0, png=png)], join_notes(face.quality_note))
+
+
+def _encode_upload(
+    ctx: JobContext, params: FaceParams, upload: bytes
+) -> tuple[PreparedFace, IdentityEmbedding]:
+    """Compute thread: decode, detect, choose, align, parse, then encode the identity."""
+    crop = params.crop
+    try:
+        face = ctx.engine.prepare_face(
+            upload, crop=crop, crop_relative=bool(crop and crop.relative), index=params.face_index
+        )
+    except (FaceError, ImageError) as exc:
+        raise JobRefused(exc.user_message, preview=getattr(exc, "preview_png", None)) from exc
+    ctx.checkpoint(1, 2)
+    embedding = ctx.engine.encode_identity([face])
+    ctx.checkpoint(2, 2)
+    return face, embedding
+
+
+async def _add_face(
+    ctx: JobContext, params: FaceParams, data: bytes, embedding: IdentityEmbedding, thumb: bytes
+) -> IdentityRecord:
+    owner = ctx.job.owner_id
+    try:
+        return await identities.save_identity(
+            ctx.db, owner, params.name, data, thumbnail=thumb, make_default=params.make_default
+        )
+    except NameTaken:
+        earlier = await _saved_by_earlier_attempt(ctx, params.name, embedding, last_only=False)
+        if earlier is None:
+            raise
+        return earlier
+
+
+async def _more_face(
+    ctx: JobContext, params: FaceParams, data: bytes, embedding: IdentityEmbedding
+) -> IdentityRecord:
+    record = await _saved_by_earlier_attempt(ctx, params.name, embedding, last_only=True)
+    if record is None:
+        record = await identities.add_reference(ctx.db, ctx.job.owner_id, params.name, data)
+    if params.make_default and not record.is_default:
+        await identities.set_default(ctx.db, ctx.job.owner_id, record.name)
+    return record
+
+
+async def _saved_by_earlier_attempt(
+    ctx: JobContext, name: str, embedding: IdentityEmbedding, *, last_only: bool
+) -> IdentityRecord | None:
+    """The identity, if an earlier attempt of this job already saved this very photo.
+
+    A worker that dies between saving the face and finishing the job leaves the face saved;
+    the next attempt must neither fail on the name nor add the same photo twice.
+    """
+    if ctx.job.attempts < 2:
+        return None
+    try:
+        record = await identities.get_identity(ctx.db, ctx.job.owner_id, name)
+    except NotFound:
+        return None
+    stored = embeddings.unpack(record.embedding, max_bytes=2**40, max_refs=2**31)
+    ours, theirs = unit(embedding.arcface), unit(stored.arcface)
+    rows = theirs[-len(ours) :] if last_only else theirs
+    same = rows.shape == ours.shape and np.allclose(rows, ours, atol=SAME_FACE_ATOL)
+    if not same or record.fingerprint != embedding.fingerprint:
+        return None
+    log.info("job %s: face %r was saved by an earlier attempt", ctx.job.id, name)
+    return record
+
+
+def _face_png(ctx: JobContext, thumbnail_png: bytes, record: IdentityRecord) -> bytes:
+    """The saved face's thumbnail, labelled (a crop of the upload, so no AI-generated tag)."""
+    with Image.open(io.BytesIO(thumbnail_png)) as img:
+        meta = {"kind": "face thumbnail", "face": record.name, "weights": record.fingerprint}
+        return png_bytes(img.convert("RGB"), meta | ctx.extra_metadata())
+
+
+# --- imagine and batch ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Generated:
+    """The images of a job, their scores, and what made them."""
+
+    identity: IdentityRecord
+    embedding: IdentityEmbedding
+    prompts: list[str]
+    params: SamplingParams
+    images: list[Image.Image]
+    scores: list[IdentityScore]
+
+
+def base_seed(job: JobRecord, settings: GenerationSettings) -> int:
+    """The asked seed, or one drawn from the job itself (the same for every attempt)."""
+    if settings.seed is not None:
+        return settings.seed
+    key = f"pulid-bot:{job.id}:{job.created_at.isoformat()}".encode()
+    return int.from_bytes(hashlib.sha256(key).digest()[:4], "big")
+
+
+def sampling_params(settings: GenerationSettings, seed: int) -> SamplingParams:
+    """The pipeline's parameters for the job's settings."""
+    fields = settings.model_dump(exclude={"seed"})
+    return SamplingParams(seed=seed, **fields)
+
+
+async def load_identity(
+    ctx: JobContext, identity_id: int
+) -> tuple[IdentityRecord, IdentityEmbedding]:
+    """The job's face from storage, refused when other weights made it."""
+    record = await identities.get_identity_by_id(ctx.db, ctx.job.owner_id, identity_id)
+    stored = embeddings.unpack(record.embedding, max_bytes=2**40, max_refs=2**31)
+    try:
+        return record, codec.from_storage(stored, ctx.engine.fingerprint)
+    except FingerprintMismatch as exc:
+        raise JobRefused(sentence(str(exc))) from exc
+
+
+async def generate_scored(ctx: JobContext, prompts: Sequence[str]) -> Generated:
+    """Encode the identity once, make one image per prompt, score each against the identity."""
+    params = ctx.job.params
+    record, embedding = await load_identity(ctx, params.identity_id)
+    sampling = sampling_params(params.settings, base_seed(ctx.job, params.settings))
+    images, scores = await ctx.compute(_generate, ctx, list(prompts), sampling, embedding)
+    return Generated(record, embedding, list(prompts), sampling, images, scores)
+
+
+def _generate(
+    ctx: JobContext, prompts: list[str], params: SamplingParams, embedding: IdentityEmbedding
+) -> tuple[list[Image.Image], list[IdentityScore]]:
+    images = ctx.engine.generate(prompts, params, embedding, callback=ctx.on_step)
+    return images, [ctx.engine.score(img, embedding.arcface) for img in images]
+
+
+def image_results(ctx: JobContext, run: Generated) -> list[ResultData]:
+    """One stored PNG per image, with prompt, seed, parameters, weights and the AI tag."""
+    results = []
+    for i, (prompt, image, score) in enumerate(
+        zip(run.prompts, run.images, run.scores, strict=True)
+    ):
+        params = replace(run.params, seed=run.params.seed + i)
+        extra = ctx.extra_metadata() | {"identity_score": score.label()}
+        meta = codec.result_metadata(prompt, params, ctx.engine.fingerprint, extra)
+        png = codec.png_with_metadata(image, meta)
+        results.append(
+            ResultData(i, png, seed=params.seed, prompt=prompt, identity_score=score.similarity)
+        )
+    return results
+
+
+async def run_imagine(ctx: JobContext) -> JobOutcome:
+    """One image of the identity."""
+    run = await generate_scored(ctx, [ctx.job.params.prompt])
+    return JobOutcome(image_results(ctx, run), join_notes(ctx.engine.notice))
+
+
+async def run_batch(ctx: JobContext) -> JobOutcome:
+    """One image per prompt, the identity encoded once."""
+    run = await generate_scored(ctx, ctx.job.params.prompts)
+    return JobOutcome(image_results(ctx, run), join_notes(ctx.engine.notice))
