@@ -1,6 +1,8 @@
 """CPU time per stage of the face front-end on a 1024 px photo.
 
-    .venv/bin/python benchmarks/faces.py [--image PATH] [--repeats 5] [--threads 2]
+    .venv/bin/python -m benchmarks.faces [--image PATH] [--repeats 5] [--threads 2]
+
+(Run it as a module from the repository root, so ``engine`` is the package.)
 
 Default photo: insightface's ``t1.jpg`` (1280 × 886, decoded to 1024 × 708). Detection runs on
 the Haar backend and on the tiny SCRFD (which measures insightface's pre/post-processing and
