@@ -69,7 +69,7 @@ def apply_memory_mode(
     if mode == "fp8":
         quantize_fp8(flux.transformer)
     chain = [*encoders, flux.text_encoder, flux.text_encoder_2, flux.transformer, flux.vae]
-    return MemoryPlan(mode, device, offload_chain(chain, device))
+    return MemoryPlan(mode, device, offload_chain([m for m in chain if m is not None], device))
 
 
 def offload_chain(models: Sequence[nn.Module], device: torch.device) -> list:
