@@ -27,11 +27,6 @@ SCRFD_PATH = f"{ANTELOPEV2_DIR}/{SCRFD_FILE}"
 ARCFACE_PATH = f"{ANTELOPEV2_DIR}/{ARCFACE_FILE}"
 #: Every face file, relative to the model folder.
 FACE_MODEL_FILES = (SCRFD_PATH, ARCFACE_PATH, BISENET_FILE)
-#: Where the official files come from (a hub repository folder, or a release URL).
-FACE_MODEL_SOURCES = {
-    ANTELOPEV2_DIR: "hf://DIAMONIK7777/antelopev2",
-    BISENET_FILE: "https://github.com/xinntao/facexlib/releases/download/v0.2.0/parsing_bisenet.pth",
-}
 #: The ArcFace 112 px template (insightface ``arcface_dst``), image-left eye first.
 ARCFACE_TEMPLATE = np.array(
     [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655],

@@ -133,3 +133,9 @@ def test_ensure_face_models(tiny_face_dir: Path, tmp_path: Path):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_bytes(b"x")
     assert ensure_face_models(tmp_path) is None and missing_face_models(tmp_path) == []
+
+
+def test_arcface_template_is_insightfaces():
+    from insightface.utils.face_align import arcface_dst
+
+    np.testing.assert_array_equal(ARCFACE_TEMPLATE, arcface_dst)
