@@ -18,6 +18,7 @@ waits at most one round. Within one user, jobs run in enqueue order.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -38,6 +39,23 @@ def _later(dialect: str, a: Any, b: Any) -> Any:
     return func.max(a, b) if dialect == "sqlite" else func.greatest(a, b)
 
 
+def _heads(kinds: frozenset[JobKind] | None) -> Any:
+    """Per waiting user: their oldest queued job's time and how many jobs they have queued."""
+    query = select(
+        models.Job.owner_id.label("owner_id"),
+        func.min(models.Job.created_at).label("first"),
+        func.count().label("queued"),
+    ).where(models.Job.state == QUEUED)
+    if kinds is not None:
+        query = query.where(models.Job.kind.in_(sorted(k.value for k in kinds)))
+    return query.group_by(models.Job.owner_id).subquery("heads")
+
+
+def _busy(owner: Any) -> Any:
+    busy = aliased(models.Job, name="busy")
+    return case((exists().where(busy.owner_id == owner, busy.state == RUNNING), 1), else_=0)
+
+
 def candidate_query(
     dialect: str, kinds: Collection[JobKind] | None = None, *, lock: bool = False
 ) -> Select[Any]:
@@ -45,30 +63,25 @@ def candidate_query(
 
     With ``lock`` (PostgreSQL) the row is locked ``FOR UPDATE SKIP LOCKED``.
     """
+    return _candidate_query(dialect, None if kinds is None else frozenset(kinds), lock)
+
+
+@functools.lru_cache(maxsize=32)
+def _candidate_query(dialect: str, kinds: frozenset[JobKind] | None, lock: bool) -> Select[Any]:
+    heads = _heads(kinds)
     cand = aliased(models.Job, name="cand")
-    head = aliased(models.Job, name="head")
-    busy = aliased(models.Job, name="busy")
-    kind_values = [k.value for k in kinds] if kinds is not None else None
-    head_filter = [head.owner_id == cand.owner_id, head.state == QUEUED]
-    if kind_values is not None:
-        head_filter.append(head.kind.in_(kind_values))
-    head_id = (
-        select(head.id)
-        .where(*head_filter)
-        .order_by(head.created_at, head.id)
-        .limit(1)
-        .correlate(cand)
-        .scalar_subquery()
-    )
-    is_busy = exists().where(busy.owner_id == cand.owner_id, busy.state == RUNNING).correlate(cand)
-    waiting = _later(
-        dialect, func.coalesce(models.User.last_claim_at, cand.created_at), cand.created_at
-    )
+    last = func.coalesce(models.User.last_claim_at, heads.c.first)
+    match = [cand.owner_id == heads.c.owner_id, cand.state == QUEUED]
+    match.append(cand.created_at == heads.c.first)
+    if kinds is not None:
+        match.append(cand.kind.in_(sorted(k.value for k in kinds)))
     query = (
         select(cand.id)
-        .join(models.User, models.User.id == cand.owner_id)
-        .where(cand.state == QUEUED, cand.id == head_id)
-        .order_by(case((is_busy, 1), else_=0), waiting, cand.owner_id)
+        .select_from(heads)
+        .join(models.User, models.User.id == heads.c.owner_id)
+        .join(cand, and_(*match))
+        .order_by(_busy(heads.c.owner_id), _later(dialect, last, heads.c.first))
+        .order_by(heads.c.owner_id, cand.id)
         .limit(1)
     )
     return query.with_for_update(skip_locked=True, of=cand) if lock else query
@@ -82,19 +95,15 @@ class _Waiting:
 
 
 async def _waiting_users(s: AsyncSession) -> list[_Waiting]:
-    busy = aliased(models.Job, name="busy")
-    is_busy = exists().where(and_(busy.owner_id == models.Job.owner_id, busy.state == RUNNING))
+    heads = _heads(None)
     rows = await s.execute(
         select(
-            models.Job.owner_id,
-            func.count(),
-            func.min(models.Job.created_at),
+            heads.c.owner_id,
+            heads.c.queued,
+            heads.c.first,
             models.User.last_claim_at,
-            case((is_busy, 1), else_=0),
-        )
-        .join(models.User, models.User.id == models.Job.owner_id)
-        .where(models.Job.state == QUEUED)
-        .group_by(models.Job.owner_id, models.User.last_claim_at)
+            _busy(heads.c.owner_id),
+        ).join(models.User, models.User.id == heads.c.owner_id)
     )
     return [_waiting(*row) for row in rows]
 
@@ -116,19 +125,17 @@ def estimate_position(users: Sequence[_Waiting], owner_id: int, rank: int) -> in
     return ahead + 1
 
 
-async def queue_position(s: AsyncSession, job: models.Job) -> int | None:
-    """Estimated 1-based position of a queued job (None unless queued)."""
-    if job.state != QUEUED:
-        return None
+async def position_of(s: AsyncSession, owner_id: int, job_id: int, created_at: datetime) -> int:
+    """Estimated 1-based position of a queued job under fair (round-robin) claiming."""
+    job = models.Job
     earlier = await s.scalar(
         select(func.count())
-        .select_from(models.Job)
+        .select_from(job)
         .where(
-            models.Job.owner_id == job.owner_id,
-            models.Job.state == QUEUED,
-            (models.Job.created_at < job.created_at)
-            | ((models.Job.created_at == job.created_at) & (models.Job.id < job.id)),
+            job.owner_id == owner_id,
+            job.state == QUEUED,
+            (job.created_at < created_at) | ((job.created_at == created_at) & (job.id < job_id)),
         )
     )
     users = await _waiting_users(s)
-    return estimate_position(users, job.owner_id, int(earlier or 0) + 1)
+    return estimate_position(users, owner_id, int(earlier or 0) + 1)

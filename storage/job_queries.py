@@ -20,11 +20,11 @@ from sqlalchemy.orm import defer
 from storage import fairness, models
 from storage.db import Database
 from storage.errors import NotFound
+from storage.job_sql import FINISHED
 from storage.records import JobRecord
 from storage.schemas import JobState
 
 Job = models.Job
-FINISHED = [s.value for s in JobState if s.finished]
 ACTIVE = [JobState.QUEUED.value, JobState.RUNNING.value]
 
 
@@ -77,10 +77,14 @@ async def count_active(db: Database, owner_id: int) -> int:
 async def queue_position(db: Database, job_id: int) -> int | None:
     """Estimated 1-based position under fair claiming (storage.fairness); None unless queued."""
     async with db.session() as s:
-        row = await s.get(Job, job_id, options=[defer(Job.input_blob)])
+        row = (
+            await s.execute(select(Job.owner_id, Job.state, Job.created_at).where(Job.id == job_id))
+        ).one_or_none()
         if row is None:
             raise NotFound(f"There is no job {job_id}.")
-        return await fairness.queue_position(s, row)
+        if row.state != JobState.QUEUED.value:
+            return None
+        return await fairness.position_of(s, row.owner_id, job_id, row.created_at)
 
 
 async def undelivered(

@@ -128,7 +128,8 @@ class JobRecord:
     input_blob: bytes | None = None
 
     @classmethod
-    def of(cls, row: models.Job, *, with_input: bool = False) -> JobRecord:
+    def of(cls, row: Any, *, with_input: bool = False) -> JobRecord:
+        """From an ORM ``Job`` or a Core row of the jobs table."""
         return cls(
             id=row.id,
             owner_id=row.owner_id,
@@ -154,7 +155,7 @@ class JobRecord:
         )
 
 
-def _delivery(row: models.Job) -> Delivery | None:
+def _delivery(row: Any) -> Delivery | None:
     if row.delivery_platform is None:
         return None
     return Delivery(

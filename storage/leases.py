@@ -1,0 +1,284 @@
+"""Worker-side job transitions, each guarded by the worker's lease (re-exported by storage.jobs).
+
+Public API (all async, ``db`` first):
+    claim(db, worker_id, *, kinds=None, lease_seconds=None, reap=True, now=None)
+        -> JobRecord | None
+    heartbeat(db, job_id, worker_id, *, lease_seconds=None) -> bool    (cancel wanted; LeaseLost)
+    progress(db, job_id, worker_id, step, total, *, preview=None, lease_seconds=None) -> bool
+    finish(db, job_id, worker_id, results) -> bool     (False: lease lost, nothing written)
+    fail(db, job_id, worker_id, user_message, detail=None, *, retry=False) -> bool
+    mark_cancelled(db, job_id, worker_id) -> bool      (stopped because cancel was requested)
+    requeue_expired(db, *, now=None) -> RequeueReport
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, String, cast, delete, insert, literal, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from storage import fairness
+from storage.db import Database
+from storage.errors import LeaseLost
+from storage.job_sql import (
+    JOBS,
+    QUEUED,
+    RESULTS,
+    RUNNING,
+    USERS,
+    J,
+    changed_ids,
+    closing,
+    guarded,
+    held,
+    requeue_values,
+)
+from storage.models import utcnow
+from storage.records import JobRecord, RequeueReport, ResultData
+from storage.schemas import JobKind, JobState, ResultKind
+
+log = logging.getLogger(__name__)
+
+LOST_WORKER = ("The job failed: its worker stopped responding (tried ", " times).")
+
+
+def _lease(db: Database, lease_seconds: float | None) -> timedelta:
+    return timedelta(seconds=lease_seconds or db.limits.lease_seconds)
+
+
+async def claim(
+    db: Database,
+    worker_id: str,
+    *,
+    kinds: Collection[JobKind] | None = None,
+    lease_seconds: float | None = None,
+    reap: bool = True,
+    now: datetime | None = None,
+) -> JobRecord | None:
+    """Atomically take the next job in fair order (storage.fairness) and lease it.
+
+    PostgreSQL: ``SELECT … FOR UPDATE SKIP LOCKED`` then a guarded UPDATE; SQLite: one
+    ``UPDATE … WHERE id = (SELECT …) AND state='queued' RETURNING`` inside BEGIN IMMEDIATE.
+    With ``reap`` expired leases are re-queued first. Returns None when nothing is queued.
+    """
+    if reap:
+        await requeue_expired(db, now=now)
+    lease = _lease(db, lease_seconds)
+    async with db.transaction() as s:
+        row = await _claim_row(s, db.dialect, worker_id, kinds, now, lease)
+        if row is None:
+            return None
+        last = {"last_claim_at": row.started_at}
+        await s.execute(update(USERS).where(USERS.c.id == row.owner_id).values(**last))
+    record = JobRecord.of(row, with_input=True)
+    log.info("job %s claimed by %s (attempt %s)", record.id, worker_id, record.attempts)
+    return record
+
+
+async def _claim_row(
+    s: AsyncSession,
+    dialect: str,
+    worker_id: str,
+    kinds: Collection[JobKind] | None,
+    now: datetime | None,
+    lease: timedelta,
+) -> Any:
+    """The claimed row; the clock is read only once the lock is held, so claim times are
+    in commit order (they order users' turns, see storage.fairness)."""
+    target: ColumnElement[bool]
+    if dialect == "sqlite":
+        await s.execute(select(literal(1)))  # BEGIN IMMEDIATE: take the write lock now
+        target = J.id == fairness.candidate_query(dialect, kinds).scalar_subquery()
+    else:
+        job_id = await s.scalar(fairness.candidate_query(dialect, kinds, lock=True))
+        if job_id is None:
+            return None
+        target = J.id == job_id
+    now = now or utcnow()
+    values = {
+        "state": RUNNING,
+        "lease_owner": worker_id,
+        "lease_expires": now + lease,
+        "attempts": J.attempts + 1,
+        "progress_step": 0,
+        "progress_total": 0,
+        "started_at": now,
+        "updated_at": now,
+    }
+    stmt = update(JOBS).where(target, J.state == QUEUED).values(**values).returning(*JOBS.c)
+    return (await s.execute(stmt)).one_or_none()
+
+
+async def _touch(
+    db: Database, job_id: int, worker_id: str, values: dict[str, Any], preview: bytes | None
+) -> bool:
+    async with db.transaction() as s:
+        cancel = await guarded(s, held(job_id, worker_id), values, J.cancel_requested)
+        if cancel is None:
+            raise LeaseLost(f"Job {job_id} is no longer held by worker {worker_id}.")
+        if preview is not None:
+            await _store_preview(s, job_id, preview)
+    return bool(cancel)
+
+
+async def _store_preview(s: AsyncSession, job_id: int, png: bytes) -> None:
+    preview = ResultKind.PREVIEW.value
+    await s.execute(delete(RESULTS).where(RESULTS.c.job_id == job_id, RESULTS.c.kind == preview))
+    await s.execute(
+        insert(RESULTS).values(job_id=job_id, index=0, kind=preview, png=png, created_at=utcnow())
+    )
+
+
+async def heartbeat(
+    db: Database, job_id: int, worker_id: str, *, lease_seconds: float | None = None
+) -> bool:
+    """Renew the lease; returns True when the owner asked to cancel. Raises LeaseLost."""
+    values = {"lease_expires": utcnow() + _lease(db, lease_seconds)}
+    return await _touch(db, job_id, worker_id, values, None)
+
+
+async def progress(
+    db: Database,
+    job_id: int,
+    worker_id: str,
+    step: int,
+    total: int,
+    *,
+    preview: bytes | None = None,
+    lease_seconds: float | None = None,
+) -> bool:
+    """Record progress (renewing the lease, storing a preview); True when cancel is wanted."""
+    if not 0 <= step <= total:
+        raise ValueError(f"progress step {step} must be within 0..{total}")
+    now = utcnow()
+    values = {
+        "progress_step": step,
+        "progress_total": total,
+        "lease_expires": now + _lease(db, lease_seconds),
+        "updated_at": now,
+    }
+    return await _touch(db, job_id, worker_id, values, preview)
+
+
+def _check_results(results: Sequence[ResultData]) -> None:
+    keys = [(r.kind, r.index) for r in results]
+    if len(set(keys)) != len(keys):
+        raise ValueError("results must have unique (kind, index) pairs")
+    if any(not r.png for r in results) or any(r.kind is ResultKind.PREVIEW for r in results):
+        raise ValueError("results need PNG bytes and cannot be previews")
+
+
+async def finish(db: Database, job_id: int, worker_id: str, results: Sequence[ResultData]) -> bool:
+    """Write results and mark the job done, in one transaction.
+
+    Returns False (and writes nothing) if this worker no longer holds the job.
+    """
+    _check_results(results)
+    values = closing(db, JobState.DONE, utcnow())
+    values["progress_step"] = J.progress_total
+    async with db.transaction() as s:
+        owner = await guarded(s, held(job_id, worker_id), values, J.owner_id)
+        if owner is None:
+            log.warning("job %s: finish by %s refused, lease lost", job_id, worker_id)
+            return False
+        await _store_results(s, job_id, owner, results)
+    log.info("job %s done by %s: %s results", job_id, worker_id, len(results))
+    return True
+
+
+async def _store_results(
+    s: AsyncSession, job_id: int, owner_id: int, results: Sequence[ResultData]
+) -> None:
+    await s.execute(delete(RESULTS).where(RESULTS.c.job_id == job_id))
+    if not results:
+        return
+    now = utcnow()
+    rows = [
+        {
+            "job_id": job_id,
+            "index": r.index,
+            "kind": r.kind.value,
+            "png": r.png,
+            "seed": r.seed,
+            "prompt": r.prompt,
+            "identity_score": r.identity_score,
+            "created_at": now,
+        }
+        for r in results
+    ]
+    await s.execute(insert(RESULTS), rows)
+    images = sum(1 for r in results if r.kind is ResultKind.IMAGE)
+    total = USERS.c.images_total + images
+    await s.execute(update(USERS).where(USERS.c.id == owner_id).values(images_total=total))
+
+
+async def fail(
+    db: Database,
+    job_id: int,
+    worker_id: str,
+    user_message: str,
+    detail: str | None = None,
+    *,
+    retry: bool = False,
+) -> bool:
+    """Fail the job with a one-line message for the user and a detail for the log.
+
+    With ``retry`` the job is re-queued instead while attempts remain. Returns False if the
+    worker no longer holds the job.
+    """
+    now = utcnow()
+    async with db.transaction() as s:
+        if retry:
+            where = [*held(job_id, worker_id), J.attempts < J.max_attempts]
+            if await guarded(s, where, requeue_values(now, detail), J.id) is not None:
+                log.warning("job %s re-queued after error: %s", job_id, detail)
+                return True
+        values = closing(db, JobState.FAILED, now)
+        values.update(error_user=user_message, error_detail=detail)
+        done = await guarded(s, held(job_id, worker_id), values, J.id)
+    if done is None:
+        log.warning("job %s: fail by %s refused, lease lost", job_id, worker_id)
+        return False
+    log.info("job %s failed: %s (%s)", job_id, user_message, detail)
+    return True
+
+
+async def mark_cancelled(db: Database, job_id: int, worker_id: str) -> bool:
+    """The worker stopped a running job because cancel was requested."""
+    async with db.transaction() as s:
+        values = closing(db, JobState.CANCELLED, utcnow())
+        done = await guarded(s, held(job_id, worker_id), values, J.id)
+    if done is not None:
+        log.info("job %s cancelled while running", job_id)
+    return done is not None
+
+
+async def requeue_expired(db: Database, *, now: datetime | None = None) -> RequeueReport:
+    """Handle running jobs whose lease expired (their worker vanished).
+
+    Cancel-requested ones become cancelled; those that used all attempts fail with a clear
+    message; the rest go back to the queue (attempts are counted at each claim).
+    """
+    now = now or utcnow()
+    expired = [J.state == RUNNING, J.lease_expires < now]
+    async with db.transaction() as s:
+        cancel = [*expired, J.cancel_requested.is_(True)]
+        cancelled = await changed_ids(s, cancel, closing(db, JobState.CANCELLED, now))
+        failed = await changed_ids(s, [*expired, J.attempts >= J.max_attempts], _lost(db, now))
+        requeued = await changed_ids(s, expired, requeue_values(now, "lease expired"))
+    report = RequeueReport(requeued=requeued, failed=failed, cancelled=cancelled)
+    if requeued or failed or cancelled:
+        log.warning("expired leases: %s", report)
+    return report
+
+
+def _lost(db: Database, now: datetime) -> dict[str, Any]:
+    values = closing(db, JobState.FAILED, now)
+    attempts = cast(J.attempts, String)
+    values["error_user"] = literal(LOST_WORKER[0]) + attempts + literal(LOST_WORKER[1])
+    values["error_detail"] = "lease expired on the last attempt"
+    return values

@@ -1,0 +1,118 @@
+"""Migrations: upgrade creates the schema; the schema check refuses empty and newer databases."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from conftest import create_pg_database, drop_pg_database, pg_base_url, sqlite_url
+from sqlalchemy import inspect, text
+
+from storage import db as storage_db
+from storage.db import Database, check_schema, current_revision, head_revision, upgrade
+from storage.errors import SchemaError
+from storage.models import Base
+
+TABLES = {"users", "identities", "jobs", "results", "workers", "alembic_version"}
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database (no tables) on each dialect."""
+    if request.param == "sqlite":
+        yield sqlite_url(tmp_path / "sub" / "empty.db")
+        return
+    base = pg_base_url()
+    url = create_pg_database(base)
+    yield url
+    drop_pg_database(base, url)
+
+
+async def _tables(url: str) -> set[str]:
+    engine = storage_db.create_engine(url)
+    try:
+        async with engine.connect() as conn:
+            return set(await conn.run_sync(lambda c: inspect(c).get_table_names()))
+    finally:
+        await engine.dispose()
+
+
+async def test_upgrade_creates_schema(empty_url: str) -> None:
+    assert await current_revision(empty_url) is None
+    assert await upgrade(empty_url) == head_revision()
+    assert await _tables(empty_url) == TABLES
+    db = await Database.open(empty_url)  # check passes
+    await db.close()
+    assert await upgrade(empty_url) == head_revision()  # idempotent
+
+
+async def test_sqlite_file_created_in_missing_folder(tmp_path: Path) -> None:
+    path = tmp_path / "deep" / "er" / "bot.db"
+    await upgrade(sqlite_url(path))
+    assert path.exists()
+
+
+async def test_upgrade_needs_no_alembic_ini_in_cwd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert not Path("alembic.ini").exists()
+    await upgrade("sqlite+aiosqlite:///./data/pulid-bot.db")  # the default URL, relative
+    assert (tmp_path / "data" / "pulid-bot.db").exists()
+    assert os.listdir(tmp_path) == ["data"]
+
+
+async def test_open_refuses_unmigrated_database(empty_url: str) -> None:
+    with pytest.raises(SchemaError) as err:
+        await Database.open(empty_url)
+    assert "pulid-bot db upgrade" in err.value.user_message
+    db = await Database.open(empty_url, check=False)  # the CLI's upgrade path may skip the check
+    with pytest.raises(SchemaError, match="no pulid-bot schema"):
+        await check_schema(db)
+    await db.close()
+
+
+async def test_check_refuses_newer_schema(empty_url: str) -> None:
+    await upgrade(empty_url)
+    db = await Database.open(empty_url)
+    async with db.transaction() as s:
+        await s.execute(text("UPDATE alembic_version SET version_num = 'ffff_future'"))
+    with pytest.raises(SchemaError) as err:
+        await check_schema(db)
+    assert "newer" in err.value.user_message
+    assert "ffff_future" in err.value.user_message
+    await db.close()
+    with pytest.raises(SchemaError, match="newer"):
+        await Database.open(empty_url)
+
+
+async def test_check_refuses_older_schema(empty_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    await upgrade(empty_url)
+    db = await Database.open(empty_url)
+    monkeypatch.setattr(storage_db, "head_revision", lambda: "9999_next")
+    monkeypatch.setattr(storage_db, "_known_revision", lambda rev: True)
+    with pytest.raises(SchemaError, match="older.*pulid-bot db upgrade"):
+        await check_schema(db)
+    await db.close()
+
+
+@pytest.mark.filterwarnings("ignore:.*expression-based index")
+async def test_models_match_migrations(db: Database) -> None:
+    def diff(sync_conn: object) -> list[object]:
+        ctx = MigrationContext.configure(sync_conn, opts={"compare_type": True})  # type: ignore[arg-type]
+        return compare_metadata(ctx, Base.metadata)
+
+    async with db.engine.connect() as conn:
+        changes = await conn.run_sync(diff)
+    assert changes == []
+
+
+async def test_sqlite_pragmas(sqlite_db: Database) -> None:
+    async with sqlite_db.session() as s:
+        assert (await s.scalar(text("PRAGMA journal_mode"))) == "wal"
+        assert (await s.scalar(text("PRAGMA foreign_keys"))) == 1
+        assert (await s.scalar(text("PRAGMA busy_timeout"))) == storage_db.SQLITE_BUSY_TIMEOUT_MS
