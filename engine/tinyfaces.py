@@ -19,12 +19,16 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from engine.faces_models import ARCFACE_TEMPLATE
+
+if TYPE_CHECKING:
+    from facexlib.parsing.bisenet import BiSeNet
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +149,7 @@ def write_tiny_arcface(path: Path, seed: int = 0, width: int = 8) -> Path:
     return g.save(path, [inp], [out], "tiny_arcface")
 
 
-def tiny_bisenet(seed: int = 0):  # -> facexlib BiSeNet
+def tiny_bisenet(seed: int = 0) -> BiSeNet:
     """facexlib's 19-class BiSeNet with seeded random weights, in eval mode."""
     import torch
     from facexlib.parsing.bisenet import BiSeNet
