@@ -109,6 +109,8 @@ def flux_dev_preset(pulid_version: str = "v0.9.1", eva_source: str = "eva-clip")
     """FLUX.1-dev + PuLID-FLUX + EVA02-CLIP-L-336 + antelopev2 + BiSeNet."""
     if pulid_version not in ("v0.9.1", "v0.9.0"):
         raise ValueError(f"pulid_version {pulid_version!r}: choose v0.9.1 or v0.9.0")
+    if eva_source not in EVA_SOURCES:
+        raise ValueError(f"eva_source {eva_source!r}: choose one of {', '.join(EVA_SOURCES)}")
     eva_repo, eva_file = EVA_SOURCES[eva_source]
     pulid = f"pulid_flux_{pulid_version}.safetensors"
     return PresetConfig("flux-dev", (

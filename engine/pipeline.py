@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
@@ -84,6 +85,11 @@ class SamplingParams:
         return self
 
 
+def resolve_seed(seed: int | None) -> int:
+    """``seed``, or a fresh random one (drawn on the CPU, as the official app does for -1)."""
+    return secrets.randbelow(2**32) if seed is None or seed < 0 else int(seed)
+
+
 def _check_range(name: str, value: int, low: int, high: int) -> None:
     if not (isinstance(value, int) and low <= value <= high):
         raise PipelineInputError(f"{name} {value!r} must be an integer in {low}..{high}")
@@ -104,6 +110,11 @@ class IdentityTokens:
 
     cond: torch.Tensor
     uncond: torch.Tensor | None = None
+
+    def to(self, device: torch.device, dtype: torch.dtype) -> IdentityTokens:
+        """Both tensors moved once (the hooks would otherwise copy them at every pass)."""
+        uncond = None if self.uncond is None else self.uncond.to(device, dtype)
+        return IdentityTokens(self.cond.to(device, dtype), uncond)
 
 
 @dataclass(frozen=True)
@@ -264,6 +275,9 @@ class FluxPulidPipeline:
         timesteps = schedule(scheduler, params.steps, latents.shape[1], self.device)
         guidance = self._guidance(params.guidance, latents.shape[0])
         # 2. The per-step plan (identity from start_step, CFG from cfg_start_step).
+        _check_identity(identity, params, self.adapter)
+        if identity is not None:
+            identity = identity.to(self.device, self.adapter.pulid_ca[0].to_q.weight.dtype)
         plans = plan_steps(params, identity is not None)
         if any(p.use_cfg for p in plans) and negative is None:
             raise PipelineInputError("true_cfg needs a negative prompt")

@@ -238,6 +238,7 @@ def load_engine(
     cache_dir: str | Path | None = None,
     compile: bool = False,
     pulid_version: str = "v0.9.1",
+    eva_source: str = "eva-clip",
     fusion: str = "mean",
     onnx_provider: str = "cpu",
     max_pixels: int | None = None,
@@ -259,7 +260,7 @@ def load_engine(
         workdir = Path(tempfile.mkdtemp(prefix="pulid-tiny-"))
         parts = build_tiny(seed, workdir, device)
     else:
-        cfg = models.flux_dev_preset(pulid_version)
+        cfg = models.flux_dev_preset(pulid_version, eva_source)
         model_dir = Path(model_dir or "models")
         _require(cfg, model_dir)
         cache = Path(cache_dir) if cache_dir else None

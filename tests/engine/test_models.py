@@ -28,8 +28,11 @@ def test_check_names_every_missing_file(tmp_path) -> None:
                  "antelopev2/glintr100.onnx", "antelopev2/scrfd_10g_bnkps.onnx",
                  "parsing_bisenet.pth"):  # fmt: skip
         assert sum(name in line for line in problems) == 1, name
-    v090 = models.check(models.flux_dev_preset("v0.9.0"), tmp_path)
+    v090 = models.check(models.flux_dev_preset("v0.9.0", eva_source="timm"), tmp_path)
     assert any("pulid_flux_v0.9.0.safetensors" in line for line in v090)
+    assert any("open_clip_model.safetensors" in line for line in v090)
+    with pytest.raises(ValueError, match="pulid_version"):
+        models.flux_dev_preset("v1.1")
 
 
 def test_check_reports_size_and_layout_mismatches(tmp_path) -> None:

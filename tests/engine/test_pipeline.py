@@ -15,6 +15,7 @@ from engine.pipeline import (
     Progress,
     SamplingParams,
     plan_steps,
+    resolve_seed,
 )
 from engine.pulid import PulidAdapter
 
@@ -134,6 +135,12 @@ def test_start_step_and_true_cfg_switch_on_at_the_configured_steps(
         assert torch.equal(tokens[i], identity.cond)
         assert torch.equal(tokens[i + 1], identity.uncond)
     assert steps == [1, 2, 3, 4, 5]
+
+
+def test_resolve_seed() -> None:
+    assert resolve_seed(7) == 7
+    drawn = {resolve_seed(None) for _ in range(4)} | {resolve_seed(-1)}
+    assert len(drawn) > 1 and all(0 <= s < 2**32 for s in drawn)
 
 
 def test_plan_steps_applies_the_official_cfg_threshold() -> None:
