@@ -1,0 +1,254 @@
+"""Core replies → Telegram messages: text, one photo, albums, files, inline keyboards.
+
+One photo (or file) carries the text as its caption and the keyboard under it. Several photos
+go as albums of 2–10 (more are split into even albums), followed by one message with the text
+and the keyboard; its Delete button lists the album's messages. Receipts are remembered per job
+so progress edits that one message, and the result's arrival closes it.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from PIL import Image
+from telegram import Bot, InlineKeyboardMarkup, InputMediaPhoto, Message, ReplyParameters
+from telegram.error import BadRequest, Forbidden, TelegramError
+
+from bot.core.messages import Attachment, Reply, ReplyKind
+from bot.telegram import keyboards
+from storage.schemas import Delivery
+
+log = logging.getLogger(__name__)
+
+TEXT_LIMIT = 4096
+CAPTION_LIMIT = 1024
+ALBUM_MAX = 10
+PHOTO_MAX_BYTES = 10 * 1024 * 1024
+PHOTO_MIMES = ("image/png", "image/jpeg", "image/webp")
+RECEIPTS_KEPT = 2000
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a message goes: a chat, the message it answers, the forum topic."""
+
+    chat_id: int
+    reply_to: int | None = None
+    thread_id: int | None = None
+
+    @classmethod
+    def of_message(cls, message: Message) -> Target:
+        thread = message.message_thread_id if message.is_topic_message else None
+        return cls(message.chat_id, message.message_id, thread)
+
+    @classmethod
+    def of_delivery(cls, delivery: Delivery) -> Target:
+        """Parse what :func:`message_ref` stored: ``"<message id>[:<topic id>]"``."""
+        assert delivery.channel_id is not None
+        message, _, thread = (delivery.message_ref or "").partition(":")
+        return cls(int(delivery.channel_id), _int(message), _int(thread))
+
+
+def message_ref(message: Message) -> str:
+    """The opaque reference the core stores with a job: the message id and forum topic."""
+    target = Target.of_message(message)
+    return f"{target.reply_to}" + (f":{target.thread_id}" if target.thread_id else "")
+
+
+def _int(text: str) -> int | None:
+    return int(text) if text.lstrip("-").isdigit() else None
+
+
+def fit(text: str, limit: int) -> str:
+    """Text cut to a Telegram limit (never empty: Telegram refuses empty messages)."""
+    text = text.strip() or "…"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def is_photo(file: Attachment) -> bool:
+    """Whether Telegram accepts the file as a photo (else it goes as a document)."""
+    if file.mime not in PHOTO_MIMES or len(file.data) > PHOTO_MAX_BYTES:
+        return False
+    try:
+        with Image.open(io.BytesIO(file.data)) as img:
+            w, h = img.size
+    except (OSError, ValueError):
+        return False
+    return w + h <= 10_000 and max(w, h) <= 20 * min(w, h)
+
+
+def albums(count: int) -> list[int]:
+    """Album sizes for ``count`` photos: as even as possible, each 2–10 (1 only alone)."""
+    groups = -(-count // ALBUM_MAX)
+    base, extra = divmod(count, groups) if groups else (0, 0)
+    return [base + (i < extra) for i in range(groups)]
+
+
+class Receipts:
+    """Job → the receipt message to edit with progress (bounded; lost on restart)."""
+
+    def __init__(self, kept: int = RECEIPTS_KEPT) -> None:
+        self._kept = kept
+        self._map: OrderedDict[int, tuple[int, int]] = OrderedDict()
+
+    def remember(self, job_id: int, message: Message) -> None:
+        self._map[job_id] = (message.chat_id, message.message_id)
+        while len(self._map) > self._kept:
+            self._map.popitem(last=False)
+
+    def get(self, job_id: int | None) -> tuple[int, int] | None:
+        return None if job_id is None else self._map.get(job_id)
+
+    def pop(self, job_id: int | None) -> tuple[int, int] | None:
+        return None if job_id is None else self._map.pop(job_id, None)
+
+
+class Sender:
+    """Sends core replies through a Bot; also the Deliverer's send and progress callbacks."""
+
+    def __init__(self, bot: Bot, key: bytes) -> None:
+        self.bot = bot
+        self.key = key
+        self.receipts = Receipts()
+
+    async def post(self, target: Target, reply: Reply) -> list[Message]:
+        """Send a reply; returns the messages sent (a receipt is remembered)."""
+        if not reply.files:
+            sent = [await self._text(target, reply.text, self._markup(target, reply))]
+        elif len(reply.files) == 1 and len(reply.text) <= CAPTION_LIMIT:
+            sent = [await self._file(target, reply.files[0], reply.text, reply)]
+        else:
+            sent = await self._media(target, reply.files)
+            after = Target(target.chat_id, sent[0].message_id, target.thread_id)
+            ids = [m.message_id for m in sent]
+            sent.append(await self._text(after, reply.text, self._markup(target, reply, ids)))
+        if reply.kind is ReplyKind.RECEIPT and reply.job_id is not None:
+            self.receipts.remember(reply.job_id, sent[-1])
+        return sent
+
+    def _markup(
+        self, target: Target, reply: Reply, media: Sequence[int] = ()
+    ) -> InlineKeyboardMarkup | None:
+        return keyboards.markup(reply.buttons, key=self.key, chat_id=target.chat_id, media=media)
+
+    async def _text(
+        self, target: Target, text: str, markup: InlineKeyboardMarkup | None
+    ) -> Message:
+        return await self.bot.send_message(
+            target.chat_id, fit(text, TEXT_LIMIT), reply_markup=markup, **_where(target)
+        )
+
+    async def _file(self, target: Target, file: Attachment, caption: str, reply: Reply) -> Message:
+        markup = self._markup(target, reply)
+        text = fit(caption, CAPTION_LIMIT) if caption.strip() else None
+        if is_photo(file):
+            return await self.bot.send_photo(
+                target.chat_id, file.data, caption=text, filename=file.name,
+                reply_markup=markup, **_where(target),
+            )  # fmt: skip
+        return await self.bot.send_document(
+            target.chat_id, file.data, caption=text, filename=file.name,
+            reply_markup=markup, **_where(target),
+        )  # fmt: skip
+
+    async def _media(self, target: Target, files: Sequence[Attachment]) -> list[Message]:
+        photos = [f for f in files if is_photo(f)]
+        sent: list[Message] = []
+        for size in albums(len(photos)):
+            group, photos = photos[:size], photos[size:]
+            if size == 1:
+                sent.append(await self._file(target, group[0], group[0].description, Reply("")))
+                continue
+            media = [InputMediaPhoto(f.data, caption=_caption(f), filename=f.name) for f in group]
+            sent += await self.bot.send_media_group(target.chat_id, media, **_where(target))
+        for doc in (f for f in files if not is_photo(f)):
+            sent.append(await self._file(target, doc, doc.description, Reply("")))
+        return sent
+
+    # ---- what a button press does to its message ----------------------------------------------
+
+    async def replace(self, message: Message, reply: Reply) -> None:
+        """Edit a message into the reply (a confirmation into its outcome or receipt)."""
+        markup = self._markup(Target(message.chat_id), reply)
+        await self.bot.edit_message_text(
+            fit(reply.text, TEXT_LIMIT),
+            chat_id=message.chat_id,
+            message_id=message.message_id,
+            reply_markup=markup,
+        )
+        if reply.kind is ReplyKind.RECEIPT and reply.job_id is not None:
+            self.receipts.remember(reply.job_id, message)
+
+    async def remove(self, chat_id: int, message_ids: Sequence[int]) -> None:
+        """Delete messages of this bot (those already gone are skipped)."""
+        try:
+            await self.bot.delete_messages(chat_id, sorted(set(message_ids)))
+        except TelegramError as exc:
+            log.info("messages %s in chat %s not deleted: %s", message_ids, chat_id, exc)
+
+    async def drop_keyboard(self, chat_id: int, message_id: int) -> None:
+        """Take the buttons off a message whose choice was made."""
+        try:
+            await self.bot.edit_message_reply_markup(chat_id, message_id, reply_markup=None)
+        except TelegramError as exc:
+            log.info("keyboard of message %s not removed: %s", message_id, exc)
+
+    # ---- the Deliverer's callbacks ------------------------------------------------------------
+
+    async def deliver(self, delivery: Delivery, reply: Reply) -> None:
+        """Send a finished job's result; a chat that is gone for good is logged, not retried."""
+        target = Target.of_delivery(delivery)
+        try:
+            await self.post(target, reply)
+        except Forbidden as exc:
+            log.warning("job %s: chat %s refuses the bot (%s)", reply.job_id, target.chat_id, exc)
+        except BadRequest as exc:
+            if "chat not found" not in exc.message.lower():
+                raise
+            log.warning("job %s: chat %s is gone", reply.job_id, target.chat_id)
+        await self._close_receipt(reply)
+
+    async def _close_receipt(self, reply: Reply) -> None:
+        """The result arrived: the receipt keeps a one-line status and loses its Cancel button."""
+        where = self.receipts.pop(reply.job_id)
+        if where is None:
+            return
+        status = reply.text.split("\n", 1)[0]
+        try:
+            await self._edit(where, fit(status, TEXT_LIMIT), None)
+        except TelegramError as exc:
+            log.info("job %s: receipt not closed: %s", reply.job_id, exc)
+
+    async def progress(self, delivery: Delivery, reply: Reply) -> None:
+        """Edit the job's receipt with a progress line (dropped if the receipt is unknown)."""
+        where = self.receipts.get(reply.job_id)
+        if where is not None:
+            markup = keyboards.markup(reply.buttons, key=self.key, chat_id=where[0])
+            await self._edit(where, fit(reply.text, TEXT_LIMIT), markup)
+
+    async def _edit(
+        self, where: tuple[int, int], text: str, markup: InlineKeyboardMarkup | None
+    ) -> None:
+        try:
+            await self.bot.edit_message_text(
+                text, chat_id=where[0], message_id=where[1], reply_markup=markup
+            )
+        except BadRequest as exc:
+            if "not modified" not in exc.message and "not found" not in exc.message:
+                raise
+            log.debug("receipt %s not edited: %s", where, exc.message)
+
+
+def _caption(file: Attachment) -> str | None:
+    return fit(file.description, CAPTION_LIMIT) if file.description.strip() else None
+
+
+def _where(target: Target) -> dict[str, object]:
+    reply = None
+    if target.reply_to is not None:
+        reply = ReplyParameters(target.reply_to, allow_sending_without_reply=True)
+    return {"reply_parameters": reply, "message_thread_id": target.thread_id}
