@@ -1,0 +1,133 @@
+"""Results and progress to Discord: the restart-safe delivery loop as a cog.
+
+The core's :class:`~bot.core.delivery.Deliverer` finds finished, undelivered jobs in the
+database and hands each to :meth:`DiscordDelivery.send`; the job is marked delivered only once
+that returned. While the job's interaction is alive the result is a follow-up to it (no
+channel permission needed); afterwards, or after a restart, a channel message — and when the
+channel refuses, a direct message to the job's owner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import discord
+from discord.ext import commands
+
+from bot.core.delivery import Deliverer
+from bot.core.messages import MAX_TEXT, Reply
+from bot.discord import files
+from bot.discord.context import PLATFORM, Interaction, InteractionBook, Target, target_of
+from bot.discord.respond import message_kwargs, upload_limit
+from bot.discord.views import view_for
+from storage.schemas import Delivery
+
+if TYPE_CHECKING:
+    from bot.discord.client import PulidBot
+
+log = logging.getLogger(__name__)
+
+#: Seconds between two edits of one receipt (Discord allows about five edits in five seconds).
+PROGRESS_SECONDS = 3.0
+#: Interaction tokens that no longer work: 401 Unauthorized, 404 Unknown Webhook.
+_DEAD_TOKEN = (401, 404)
+
+Messageable = discord.PartialMessageable | discord.DMChannel
+
+
+class DiscordDelivery:
+    """The Deliverer's ``send`` and ``progress`` callbacks for Discord."""
+
+    def __init__(self, client: discord.Client, book: InteractionBook) -> None:
+        self.client = client
+        self.book = book
+
+    async def send(self, delivery: Delivery, reply: Reply) -> None:
+        """Post a finished job's reply: follow-up while possible, else channel or DM."""
+        interaction = self.book.get(reply.job_id) if reply.job_id is not None else None
+        if interaction is not None:
+            try:
+                await self._follow_up(interaction, reply)
+                return
+            except discord.HTTPException as exc:
+                if exc.status not in _DEAD_TOKEN:
+                    raise
+                log.info("job %s: interaction token refused; posting instead", reply.job_id)
+        await self._post(target_of(delivery), reply)
+
+    async def progress(self, delivery: Delivery, reply: Reply) -> None:
+        """Edit the job's receipt; dropped once the interaction can no longer edit it."""
+        interaction = self.book.get(reply.job_id) if reply.job_id is not None else None
+        if interaction is None:
+            return
+        text = reply.text[:MAX_TEXT]
+        await interaction.edit_original_response(content=text, view=view_for(reply.buttons))
+
+    async def _follow_up(self, interaction: Interaction, reply: Reply) -> None:
+        for kwargs in _messages(reply, upload_limit(interaction)):
+            await interaction.followup.send(**kwargs)
+        assert reply.job_id is not None
+        self.book.forget(reply.job_id)
+        with contextlib.suppress(discord.HTTPException):  # the receipt's Cancel is moot now
+            await interaction.edit_original_response(view=None)
+
+    async def _post(self, target: Target, reply: Reply) -> None:
+        if target.channel_id is not None:
+            channel = self.client.get_partial_messageable(target.channel_id)
+            try:
+                await _send_all(channel, reply)
+                return
+            except (discord.Forbidden, discord.NotFound):
+                if target.user_id is None:
+                    raise
+                log.info(
+                    "job %s: channel %s refused; sending a DM", reply.job_id, target.channel_id
+                )
+        if target.user_id is None:
+            raise RuntimeError(f"job {reply.job_id} has neither a channel nor a user to send to")
+        dm = await self.client.create_dm(discord.Object(target.user_id))
+        await _send_all(dm, reply)
+
+
+async def _send_all(channel: Messageable, reply: Reply) -> None:
+    for kwargs in _messages(reply, files.MAX_UPLOAD_BYTES):
+        await channel.send(**kwargs)
+
+
+def _messages(reply: Reply, max_bytes: int) -> list[dict[str, Any]]:
+    """The messages a reply needs: text, buttons and the first files, then the other files."""
+    packed = files.pack(reply.files, max_bytes=max_bytes)
+    groups: Sequence[list[Any]] = packed.messages or [[]]
+    text = packed.note(reply.text)[:MAX_TEXT]
+    first = message_kwargs(text, groups[0], reply.buttons)
+    return [first] + [{"files": files.to_discord_all(g)} for g in groups[1:]]
+
+
+class DeliveryCog(commands.Cog):
+    """Runs the delivery loop from the bot's setup until it closes."""
+
+    def __init__(self, bot: PulidBot) -> None:
+        self.bot = bot
+        self.callbacks = DiscordDelivery(bot, bot.book)
+        self.deliverer = Deliverer(
+            bot.core.db,
+            PLATFORM,
+            self.callbacks.send,
+            progress=self.callbacks.progress,
+            poll_seconds=bot.config.queue.poll_seconds,
+            progress_interval=bot.progress_seconds,
+        )
+        self._task: asyncio.Task[None] | None = None
+
+    async def cog_load(self) -> None:
+        self._task = asyncio.create_task(self.deliverer.run(), name="discord-delivery")
+
+    async def cog_unload(self) -> None:
+        self.deliverer.stop()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

@@ -1,0 +1,213 @@
+"""Slash commands through the real discord.py CommandTree, against a local fake Discord API."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+from bot_helpers import astronaut_png
+from bot_worker_fixture import FixtureWorker, face_embedding
+from test_discord_support import (
+    ALICE,
+    BOB,
+    CHANNEL_ID,
+    GUILD_ID,
+    Harness,
+    command_data,
+    dm_channel_of,
+    form_data,
+    harness,
+    interaction_payload,
+    option,
+    upload,
+    upload_option,
+)
+
+from bot.core.app import Core
+from storage import identities, jobs, users
+from storage.config import LimitSettings, Settings
+from storage.schemas import BatchParams, FaceParams, ImagineParams
+
+CALLBACK = r"/interactions/\d+/[^/]+/callback$"
+ORIGINAL = r"/webhooks/\d+/[^/]+/messages/@original$"
+FOLLOW_UP = r"/webhooks/\d+/[^/]+$"
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    return settings.model_copy(update={"limits": LimitSettings(max_identities_per_user=40)})
+
+
+@pytest.fixture
+async def h(
+    settings: Settings, core: Core, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Harness]:
+    async with harness(settings, core, monkeypatch) as running:
+        yield running
+
+
+async def save_faces(core: Core, user: int, *names: str) -> None:
+    """Faces saved straight into storage, as a finished face job would leave them."""
+    record = await users.get_or_create_user(core.db, "discord", str(user))
+    await users.record_consent(core.db, record.id)
+    for i, name in enumerate(names):
+        await identities.save_identity(core.db, record.id, name, face_embedding(i))
+
+
+def photo_upload(h: Harness, delay: float = 0.0) -> dict:
+    data = astronaut_png()
+    return upload(h.fake.add_upload("astronaut.png", data, delay), "astronaut.png", len(data))
+
+
+def face_add(h: Harness, name: str, *extra: dict, delay: float = 0.0, **kwargs: object) -> dict:
+    image = photo_upload(h, delay)
+    options = [option("name", name), upload_option("image", int(image["id"])), *extra]
+    return h.command("face", *options, sub="add", uploads=[image], **kwargs)
+
+
+async def test_login_syncs_every_command_for_servers_and_dms(h: Harness) -> None:
+    [sync] = h.fake.find("PUT", r"/applications/\d+/commands$")
+    by_name = {c["name"]: c for c in sync.body}
+    assert sorted(by_name) == sorted(
+        ["face", "imagine", "batch", "compare", "jobs", "cancel", "settings", "forget", "help"]
+    )
+    assert {tuple(c["contexts"]) for c in sync.body} == {(0, 1)}  # guilds and bot DMs
+    assert {tuple(c["integration_types"]) for c in sync.body} == {(0,)}
+    subs = {s["name"]: s for s in by_name["face"]["options"]}
+    assert sorted(subs) == sorted(
+        ["add", "more", "list", "show", "default", "delete", "export", "import"]
+    )
+    add = {o["name"]: o for o in subs["add"]["options"]}
+    assert add["image"]["type"] == 11 and add["image"]["required"]
+    assert add["crop"]["type"] == 3 and not add["crop"]["required"]
+    assert add["face"]["type"] == 4 and add["face"]["min_value"] == 1
+    assert subs["show"]["options"][0]["autocomplete"] is True
+
+
+async def test_test_guild_gets_the_commands_instead(
+    settings: Settings, core: Core, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with harness(settings, core, monkeypatch, test_guild_id=GUILD_ID) as h:
+        assert h.fake.find("PUT", r"/applications/\d+/commands$") == []
+        [sync] = h.fake.find("PUT", rf"/applications/\d+/guilds/{GUILD_ID}/commands$")
+        assert "imagine" in {c["name"] for c in sync.body}
+
+
+async def test_help_is_answered_at_once_and_privately(h: Harness) -> None:
+    h.command("help", option("topic", "face"))
+    [call] = await h.fake.wait_for("POST", CALLBACK)
+    assert call.body["type"] == 4 and call.flags & 64
+    assert "/face add NAME IMAGE" in call.content
+
+
+async def test_errors_are_ephemeral(h: Harness) -> None:
+    h.command("imagine", option("prompt", "a cat"))
+    [call] = await h.fake.wait_for("POST", CALLBACK)
+    assert call.body["type"] == 4 and call.flags & 64
+    assert call.content.startswith("You have no saved faces yet")
+
+
+async def test_first_face_add_asks_consent_privately(h: Harness) -> None:
+    face_add(h, "me")
+    [call] = await h.fake.wait_for("POST", CALLBACK)
+    assert call.flags & 64 and call.content.startswith("Before saving a face")
+    assert call.labels == ["Accept", "Decline"]
+    user = await users.find_user(h.core.db, "discord", str(ALICE))
+    assert call.custom_ids == [f"pb:cs:{user.id}:y", f"pb:cs:{user.id}:n"]
+    assert await jobs.list_jobs(h.core.db, owner_id=user.id) == []
+
+
+async def test_slow_download_is_deferred_then_the_receipt_replaces_it(h: Harness) -> None:
+    await save_faces(h.core, ALICE, "first")
+    h.bot.answer_within = 0.2
+    started = time.monotonic()
+    face_add(h, "second", option("crop", "10,20,200,220"), option("default", True), delay=0.8)
+    [defer] = await h.fake.wait_for("POST", CALLBACK)
+    [download] = await h.fake.wait_for("GET", r"/cdn/astronaut.png$")
+    assert defer.body == {"type": 5} and defer.at - started < 3.0
+    assert defer.answered < download.answered  # acknowledged while the photo was still downloading
+    [edit] = await h.fake.wait_for("PATCH", ORIGINAL)
+    assert "(face) queued — position 1" in edit.content
+    assert edit.custom_ids[0].startswith("pb:cx:")
+    [job] = await jobs.list_jobs(h.core.db, states=None, platform="discord")
+    assert isinstance(job.params, FaceParams)
+    assert job.params.crop is not None and job.params.crop.w == 200 and job.params.make_default
+    assert job.delivery.channel_id == str(CHANNEL_ID)
+
+
+async def test_private_answer_after_a_public_deferral_replaces_it(h: Harness) -> None:
+    h.bot.answer_within = 0.2
+    face_add(h, "me", delay=0.6)  # first use: the answer is the private consent request
+    await h.fake.wait_for("POST", CALLBACK)
+    await h.fake.wait_for("DELETE", ORIGINAL)
+    [follow] = await h.fake.wait_for("POST", FOLLOW_UP)
+    assert follow.flags & 64 and follow.content.startswith("Before saving a face")
+
+
+async def test_face_number_option_reaches_the_job(h: Harness) -> None:
+    await save_faces(h.core, ALICE, "first")
+    face_add(h, "group", option("face", 2))
+    [call] = await h.fake.wait_for("POST", CALLBACK)
+    assert call.body["type"] == 4 and not call.flags & 64 and "queued" in call.content
+    [job] = await jobs.list_jobs(h.core.db, platform="discord")
+    assert isinstance(job.params, FaceParams) and job.params.face_index == 2
+
+
+async def test_autocomplete_offers_only_the_callers_faces(h: Harness) -> None:
+    await save_faces(h.core, ALICE, *[f"al{i:02d}" for i in range(30)], "zed", "lazy")
+    await save_faces(h.core, BOB, "bobface")
+
+    async def choices(typed: str, **who: object) -> list[str]:
+        data = command_data("imagine", [option("face", typed, focused=True)])
+        call = await h.callback(h.send(interaction_payload(4, data, **who)))
+        assert call.body["type"] == 8
+        return [c["value"] for c in call.body["data"]["choices"]]
+
+    assert await choices("") == [f"al{i:02d}" for i in range(25)]  # at most 25
+    assert await choices("ZE") == ["zed"]
+    assert await choices("z") == ["zed", "lazy"]  # names starting with it first
+    assert await choices("", user=BOB, dm=True) == ["bobface"]
+
+
+async def test_autocomplete_creates_no_user(h: Harness) -> None:
+    h.send(interaction_payload(4, command_data("imagine", [option("face", "", focused=True)])))
+    [call] = await h.fake.wait_for("POST", CALLBACK)
+    assert call.body["data"]["choices"] == []
+    assert await users.find_user(h.core.db, "discord", str(ALICE)) is None
+
+
+async def test_direct_messages_work_and_deliver_to_the_dm(
+    h: Harness, worker: FixtureWorker
+) -> None:
+    await save_faces(h.core, BOB, "me")
+    h.command(
+        "imagine", option("prompt", "a chef in Paris"), option("ar", "3:4"), user=BOB, dm=True
+    )
+    [call] = await h.fake.wait_for("POST", CALLBACK)
+    assert call.body["type"] == 4 and "(imagine) queued" in call.content
+    [job] = await jobs.list_jobs(h.core.db, platform="discord")
+    assert isinstance(job.params, ImagineParams) and job.params.prompt == "a chef in Paris"
+    assert (job.params.settings.width, job.params.settings.height) == (896, 1200) or (
+        job.params.settings.width < job.params.settings.height
+    )
+    assert job.delivery.channel_id == str(dm_channel_of(BOB))
+    assert job.delivery.message_ref.endswith(f":{BOB}")
+    await worker.drain()
+    [result] = await h.fake.wait_for("POST", FOLLOW_UP)
+    assert result.content.startswith(f"Job #{job.id} done") and len(result.files) == 1
+    assert h.fake.message_for(result)["channel_id"] == str(dm_channel_of(BOB))
+
+
+async def test_batch_opens_a_form_and_queues_its_prompts(h: Harness) -> None:
+    await save_faces(h.core, ALICE, "me")
+    h.command("batch", option("face", "me"))
+    [opened] = await h.fake.wait_for("POST", CALLBACK)
+    assert opened.body["type"] == 9
+    modal = opened.body["data"]
+    assert modal["components"][0]["component"]["style"] == 2  # a multi-line field
+    h.send(interaction_payload(5, form_data(modal, {"Prompts": "a chef\nan astronaut --ar 3:4"})))
+    [_, receipt] = await h.fake.wait_for("POST", CALLBACK, 2)
+    assert "(batch) queued" in receipt.content and not receipt.flags & 64
+    [job] = await jobs.list_jobs(h.core.db, platform="discord")
+    assert isinstance(job.params, BatchParams) and job.params.prompts == ["a chef", "an astronaut"]
