@@ -35,6 +35,7 @@ PLATFORM = "console"
 PROMPT = "> "
 QUIT = ("/quit", "/exit")
 JOB_TIMEOUT = 600.0
+QUIET_LOGGERS = ("alembic", "bot", "storage")
 
 
 class Console:
@@ -62,7 +63,7 @@ class Console:
             self.send,
             progress=self.send,
             poll_seconds=poll_seconds,
-            progress_interval=1.0,
+            progress_interval=2.0,
         )
 
     async def send(self, delivery: Delivery, reply: Reply) -> None:
@@ -155,6 +156,13 @@ class Console:
         return 1 if self.errors else 0
 
 
+def quiet_logs() -> None:
+    """The console is the output: below debug level, keep routine log lines off the terminal."""
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        for name in QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def commands(lines: Iterable[str]) -> Iterator[str]:
     """Join ``\\``-continued lines; skip blank lines and ``#`` comments."""
     parts: list[str] = []
@@ -192,6 +200,7 @@ async def run_chat(
     job_timeout: float = JOB_TIMEOUT,
 ) -> int:
     """``pulid-bot chat``: an interactive (or scripted) local session; returns the exit code."""
+    quiet_logs()
     await upgrade(settings.database.url)
     core = await Core.open(settings)
     console = Console(core, out_dir, user=user, out=out)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from bot.cli import engine_command, engine_env
-from bot.console import run_chat
+from bot.console import quiet_logs, run_chat
 from storage import workers
 from storage.config import Settings
 from storage.db import Database, upgrade
@@ -84,6 +84,7 @@ async def demo(
 ) -> int:
     """The demo in the running event loop (``worker_argv`` replaces the engine worker)."""
     out = out or sys.stdout
+    quiet_logs()
     began = time.monotonic()
     settings = demo_settings(settings)
     paths = _prepare(settings)
