@@ -31,6 +31,7 @@ TIP = (
     "detail than a compressed photo and gives a better likeness."
 )
 HOW_TO_ATTACH = "send the photo with the command as its caption, or reply to the photo with it"
+HOW_TO_IMPORT = "send the .safetensors file with /face import as its caption, or reply to it"
 
 
 class Need(enum.Enum):
@@ -90,7 +91,7 @@ def _document(d: Document) -> Upload:
 def check_upload(upload: Upload | None, need: Need, max_bytes: int) -> Upload:
     """Refuse a missing, wrong-kind or too-large file before downloading it."""
     if upload is None:
-        raise BadInput(f"{HOW_TO_ATTACH} (for /face import: the .safetensors file)")
+        raise BadInput(HOW_TO_ATTACH if need is Need.IMAGE else HOW_TO_IMPORT)
     if need is Need.IMAGE and not upload.is_image:
         raise BadInput(
             f"{upload.name!r} is not an image: send a photo, or a JPEG, PNG or WebP image as a file"

@@ -1,0 +1,162 @@
+"""Result delivery on Telegram: one photo, albums (split beyond 10), progress, resume, dead chats.
+
+The engine worker is a separate process; here a test fixture plays it through storage's queue
+API (claim → progress → finish), exactly as the worker writes to the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+from bot_worker_fixture import FixtureWorker, png
+from fake_telegram import (
+    Call,
+    FakeTelegram,
+    Updates,
+    answering,
+    private_chat,
+    running_bot,
+    saved_face,
+    serving,
+    user,
+)
+
+from bot.core.app import Core
+from storage import jobs
+from storage.config import Settings
+from storage.records import ResultData
+
+ALICE = user(42, "Alice")
+CHAT = private_chat(ALICE)
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[FakeTelegram]:
+    async with serving() as fake:
+        yield fake
+
+
+@pytest.fixture
+async def alice(core: Core, worker: FixtureWorker, server: FakeTelegram) -> Updates:
+    await saved_face(core, worker, ALICE, CHAT)
+    return Updates(server, ALICE, CHAT)
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:
+    """Poll a condition that no recorded call signals (a database flag)."""
+    async with asyncio.timeout(timeout):
+        while not await check():
+            await asyncio.sleep(0.02)
+
+
+def labels(call: Call) -> list[str]:
+    rows = call.params["reply_markup"]["inline_keyboard"]
+    return [b["text"] for row in rows for b in row]
+
+
+async def test_one_image_is_one_photo_with_its_buttons(
+    settings: Settings, core: Core, worker: FixtureWorker, server: FakeTelegram, alice: Updates
+) -> None:
+    async with running_bot(settings, core, server):
+        command = alice.message("/imagine a lighthouse --seed 5")
+        receipt = await server.wait_for("sendMessage", answering(command))
+        await worker.drain()
+        photo = await server.wait_for("sendPhoto")
+        closed = await server.wait_for("editMessageText", lambda c: "reply_markup" not in c.params)
+    assert photo.params["reply_parameters"]["message_id"] == command["message_id"]
+    assert photo.files["photo"].startswith(b"\x89PNG")
+    assert photo.params["caption"].startswith("Job #") and "seed 5" in photo.params["caption"]
+    assert labels(photo) == ["Re-roll", "Vary", "Use seed", "Delete"]
+    assert all(len(d.encode()) <= 64 for d in photo.markup_data())
+    assert closed.params["message_id"] == receipt.result["message_id"]
+    assert "done" in closed.params["text"]
+    assert server.calls_to("sendMediaGroup") == []
+
+
+async def test_a_batch_is_an_album_then_a_keyboard_message(
+    settings: Settings, core: Core, worker: FixtureWorker, server: FakeTelegram, alice: Updates
+) -> None:
+    async with running_bot(settings, core, server):
+        command = alice.message("/batch me\na knight\na pirate\na chef")
+        await server.wait_for("sendMessage", answering(command))
+        await worker.drain()
+        album = await server.wait_for("sendMediaGroup")
+        keyboard = await server.wait_for("sendMessage", lambda c: "reply_markup" in c.params
+                                         and "done" in c.params["text"])  # fmt: skip
+    assert [m["type"] for m in album.params["media"]] == ["photo"] * 3
+    assert [m["caption"] for m in album.params["media"]] == ["a knight", "a pirate", "a chef"]
+    assert len(album.files) == 3
+    assert album.params["reply_parameters"]["message_id"] == command["message_id"]
+    first = album.result[0]["message_id"]
+    assert keyboard.params["reply_parameters"]["message_id"] == first
+    assert labels(keyboard) == ["Re-roll", "Vary 1", "Vary 2", "Vary 3", "Delete"]
+    delete = keyboard.button("Delete")
+    assert delete.startswith("rm:") and "|" in delete and len(delete.encode()) <= 64
+
+
+async def test_more_than_ten_images_are_split_into_even_albums(
+    settings: Settings, core: Core, worker: FixtureWorker, server: FakeTelegram, alice: Updates
+) -> None:
+    limits = settings.limits.model_copy(update={"max_batch_prompts": 12})
+    many = settings.model_copy(update={"limits": limits})
+    big_core = await Core.open(many)
+    prompts = "\n".join(f"prompt number {i}" for i in range(1, 13))
+    async with running_bot(many, big_core, server):
+        alice.message(f"/batch me\n{prompts}")
+        await server.wait_for("sendMessage", lambda c: "queued" in c.params["text"])
+        await worker.drain()
+        await server.wait_for("sendMediaGroup", count=2)
+        keyboard = await server.wait_for("sendMessage", lambda c: "12 images" in c.params["text"])
+    await big_core.close()
+    assert [len(c.params["media"]) for c in server.calls_to("sendMediaGroup")] == [6, 6]
+    assert labels(keyboard)[-1] == "Delete" and "Vary 10" in labels(keyboard)
+
+
+async def test_progress_edits_the_receipt(
+    settings: Settings, core: Core, server: FakeTelegram, alice: Updates
+) -> None:
+    async with running_bot(settings, core, server):
+        command = alice.message("/imagine a storm at sea")
+        receipt = await server.wait_for("sendMessage", answering(command))
+        job = await jobs.claim(core.db, "fixture-worker")  # the worker's part, via storage
+        assert job is not None
+        await jobs.progress(core.db, job.id, "fixture-worker", 3, 10)
+        edit = await server.wait_for("editMessageText")
+        assert edit.params["message_id"] == receipt.result["message_id"]
+        assert "step 3/10" in edit.params["text"] and edit.button("Cancel") == f"cx:{job.id}"
+        await jobs.finish(core.db, job.id, "fixture-worker", [ResultData(0, png((1, 2, 3)), 9)])
+        await server.wait_for("sendPhoto")
+        await eventually(lambda: _delivered(core, job.id))
+
+
+async def test_results_finished_while_the_bot_was_down_are_delivered_on_start(
+    settings: Settings, core: Core, worker: FixtureWorker, server: FakeTelegram, alice: Updates
+) -> None:
+    async with running_bot(settings, core, server):
+        command = alice.message("/imagine a quiet street")
+        await server.wait_for("sendMessage", answering(command))
+    await worker.drain()  # finished while no adapter runs
+    async with running_bot(settings, core, server):
+        photo = await server.wait_for("sendPhoto")
+    assert photo.params["reply_parameters"]["message_id"] == command["message_id"]
+    assert server.calls_to("editMessageText") == []  # the old receipt is not known any more
+
+
+async def test_a_chat_that_blocked_the_bot_is_not_retried(
+    settings: Settings, core: Core, worker: FixtureWorker, server: FakeTelegram, alice: Updates
+) -> None:
+    async with running_bot(settings, core, server):
+        command = alice.message("/imagine a red door")
+        await server.wait_for("sendMessage", answering(command))
+        server.fail_next("sendPhoto", 403, "Forbidden: bot was blocked by the user")
+        [job_id] = await worker.drain()
+        await eventually(lambda: _delivered(core, job_id))
+    assert [c.error for c in server.calls_to("sendPhoto")] == [
+        "Forbidden: bot was blocked by the user"
+    ]
+
+
+async def _delivered(core: Core, job_id: int) -> bool:
+    return (await jobs.get_job(core.db, job_id)).delivered
