@@ -68,9 +68,16 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and any(m in str(exc).lower() for m in OOM_MARKERS)
 
 
+def _detail(exc: BaseException) -> str:
+    """``Type: message``, followed by the cause's, for the log and the job's error detail."""
+    text = f"{type(exc).__name__}: {exc}"
+    cause = exc.__cause__
+    return text if cause is None else f"{text} (from {type(cause).__name__}: {cause})"
+
+
 def describe(exc: BaseException) -> Failure:
     """The user message and log detail of a job that raised ``exc``."""
-    detail = f"{type(exc).__name__}: {exc}"
+    detail = _detail(exc)
     if isinstance(exc, JobRefused | StorageError | FaceError | ImageError):
         return Failure(exc.user_message, detail)
     if is_out_of_memory(exc):
