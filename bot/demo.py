@@ -14,7 +14,7 @@ import json
 import signal
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -90,21 +90,47 @@ async def demo(
     paths = _prepare(settings)
     out.write(INTRO.format(db=paths["db"], log=paths["log"], script=paths["script"]) + "\n")
     await upgrade(settings.database.url)
-    argv = list(worker_argv or engine_command(["worker"]))
-    with paths["log"].open("wb") as log_file:
-        proc = await asyncio.create_subprocess_exec(
-            *argv, env=engine_env(paths["config"]), stdout=log_file, stderr=log_file
-        )
-        try:
-            if not await _wait_ready(settings, proc, out):
-                return 1
+    out.write("Starting the engine worker (loading the tiny models)...\n")
+    out.flush()
+    try:
+        async with engine_worker(settings, paths["config"], paths["log"], worker_argv):
+            out.write("Engine worker ready.\n")
             code = await run_chat(
                 settings, script=paths["script"], out_dir=out_dir, user=DEMO_USER, out=out
             )
-        finally:
-            await _stop(proc)
+    except WorkerFailed as exc:
+        out.write(f"! {exc}\n")
+        return 1
     out.write(OUTRO.format(seconds=time.monotonic() - began, out=out_dir) + "\n")
     return code
+
+
+class WorkerFailed(RuntimeError):
+    """The engine worker process exited or did not become ready."""
+
+
+@contextlib.asynccontextmanager
+async def engine_worker(
+    settings: Settings, config: Path, log: Path, argv: Sequence[str] | None = None
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """An engine worker process reading ``config`` and writing ``log``, ready while in use.
+
+    The settings go to the child as a TOML file (no platform tokens); on exit the worker gets
+    SIGTERM (it finishes or releases its job) and SIGKILL if it hangs.
+    """
+    config.write_text(to_toml(worker_config(settings)), encoding="utf-8")
+    with log.open("wb") as log_file:
+        proc = await asyncio.create_subprocess_exec(
+            *(argv or engine_command(["worker"])),
+            env=engine_env(config),
+            stdout=log_file,
+            stderr=log_file,
+        )
+        try:
+            await _wait_ready(settings, proc, log)
+            yield proc
+        finally:
+            await _stop(proc)
 
 
 def demo_settings(settings: Settings) -> Settings:
@@ -134,7 +160,6 @@ def _prepare(settings: Settings) -> dict[str, Path]:
         "photo": data / "astronaut.png",
         "script": data / "demo-script.txt",
     }
-    paths["config"].write_text(to_toml(worker_config(settings)), encoding="utf-8")
     paths["photo"].write_bytes(astronaut_png())
     script = SCRIPT.format(photo=paths["photo"], script=paths["script"])
     paths["script"].write_text(script, encoding="utf-8")
@@ -170,25 +195,24 @@ def to_toml(sections: Mapping[str, Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-async def _wait_ready(settings: Settings, proc: asyncio.subprocess.Process, out: TextIO) -> bool:
-    """Wait until the worker reports ready; False (with a message) if it exits or stalls."""
-    out.write("Starting the engine worker (loading the tiny models)...\n")
-    out.flush()
+async def _wait_ready(settings: Settings, proc: asyncio.subprocess.Process, log: Path) -> None:
+    """Return once a worker reports ready; :class:`WorkerFailed` if it exits or stalls."""
     db = await Database.open(settings.database.url)
     try:
         deadline = time.monotonic() + READY_TIMEOUT
         while time.monotonic() < deadline:
             if proc.returncode is not None:
-                out.write(f"! The engine worker exited with code {proc.returncode}; see its log.\n")
-                return False
+                raise WorkerFailed(
+                    f"The engine worker exited with code {proc.returncode}; see {log}."
+                )
             found = await workers.list_workers(db)
             if any(w.state is WorkerState.READY for w in found):
-                out.write("Engine worker ready.\n")
-                return True
+                return
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(proc.wait(), 0.25)
-        out.write(f"! The engine worker was not ready after {READY_TIMEOUT:.0f} s; see its log.\n")
-        return False
+        raise WorkerFailed(
+            f"The engine worker was not ready after {READY_TIMEOUT:.0f} s; see {log}."
+        )
     finally:
         await db.close()
 

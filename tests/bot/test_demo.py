@@ -65,4 +65,4 @@ def test_demo_reports_a_worker_that_dies(tmp_path: Path) -> None:
         out=out,
     )
     assert code == 1
-    assert "The engine worker exited with code 3; see its log." in out.getvalue()
+    assert "! The engine worker exited with code 3; see " in out.getvalue()
