@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TextIO
 
 from bot.core.app import Core
-from bot.core.delivery import Deliverer
+from bot.core.delivery import Deliverer, retention_loop
 from bot.core.dispatch import Dispatcher
 from bot.core.errors import BadInput
 from bot.core.messages import Attachment, Button, Caller, Reply, ReplyKind, error_reply
@@ -206,6 +206,7 @@ async def run_chat(
     console = Console(core, out_dir, user=user, out=out)
     deliverer = console.deliverer(settings.queue.poll_seconds)
     task = asyncio.create_task(deliverer.run())
+    pruner = asyncio.create_task(retention_loop(core.db, settings.storage.result_retention_days))
     try:
         await _warn_without_worker(core, console.out)
         if script is not None:
@@ -214,8 +215,9 @@ async def run_chat(
         return await _interactive(console)
     finally:
         deliverer.stop()
+        pruner.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await task
+            await asyncio.gather(task, pruner)
         await core.close()
 
 

@@ -168,3 +168,25 @@ class Deliverer:
             log.warning("job %s: progress update failed", job.id, exc_info=True)
             return 0
         return 1
+
+
+async def retention_loop(db: Database, days: float, *, every: float = 3600.0) -> None:
+    """Prune expired jobs and results now and then every ``every`` seconds, until cancelled.
+
+    One per deployment is enough (it is idempotent, so more do no harm). Undelivered results
+    are kept, and retried, until this removes them.
+    """
+    while True:
+        await prune_expired(db, days)
+        await asyncio.sleep(every)
+
+
+async def prune_expired(db: Database, days: float) -> None:
+    """Delete finished jobs and results older than ``days`` (failures are logged)."""
+    try:
+        report = await jobs.prune(db, older_than_days=days)
+    except Exception:
+        log.exception("retention pass failed")
+        return
+    if report.jobs or report.results:
+        log.info("retention: pruned %s jobs and %s results", report.jobs, report.results)

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from bot_helpers import Inbox, add_face, say
 from bot_worker_fixture import FixtureWorker
 
 from bot.core.app import Core
-from bot.core.delivery import Deliverer
+from bot.core.delivery import Deliverer, prune_expired
 from bot.core.messages import Caller, ReplyKind
 from storage import jobs
+from storage.errors import NotFound
+from storage.schemas import JobState
 
 
 class Clock:
@@ -118,3 +121,19 @@ async def test_run_loop_delivers_until_stopped(
     deliverer.stop()
     await asyncio.wait_for(task, 2)
     assert len(inbox.replies) == 1
+
+
+async def test_retention_prunes_undelivered_results(
+    core: Core, worker: FixtureWorker, alice: Caller
+) -> None:
+    await add_face(core, worker, alice)
+    receipt = await say(core, alice, "/imagine a cat")
+    await worker.drain()
+    waiting = await say(core, alice, "/imagine a dog")  # still queued: never pruned
+    await prune_expired(core.db, 30)
+    assert len(await jobs.undelivered(core.db, platforms=["console"])) == 2
+    await prune_expired(core.db, 1e-9)
+    assert await jobs.undelivered(core.db, platforms=["console"]) == []
+    with pytest.raises(NotFound):
+        await jobs.get_job(core.db, receipt.job_id or 0)
+    assert (await jobs.get_job(core.db, waiting.job_id or 0)).state is JobState.QUEUED
