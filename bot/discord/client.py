@@ -111,7 +111,7 @@ class PulidBot(commands.Bot):
         )
         self.config = settings
         self.core = core
-        self.book = book or InteractionBook()
+        self.book = book if book is not None else InteractionBook()
         self.answer_within = answer_within
         self.progress_seconds = progress_seconds
 

@@ -6,32 +6,30 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
-from bot_helpers import astronaut_png
-from bot_worker_fixture import FixtureWorker, face_embedding
+from bot_worker_fixture import FixtureWorker
 from test_discord_support import (
     ALICE,
     BOB,
+    CALLBACK,
     CHANNEL_ID,
+    FOLLOW_UP,
     GUILD_ID,
+    ORIGINAL,
     Harness,
     command_data,
     dm_channel_of,
+    face_add,
     form_data,
     harness,
     interaction_payload,
     option,
-    upload,
-    upload_option,
+    save_faces,
 )
 
 from bot.core.app import Core
-from storage import identities, jobs, users
+from storage import jobs, users
 from storage.config import LimitSettings, Settings
 from storage.schemas import BatchParams, FaceParams, ImagineParams
-
-CALLBACK = r"/interactions/\d+/[^/]+/callback$"
-ORIGINAL = r"/webhooks/\d+/[^/]+/messages/@original$"
-FOLLOW_UP = r"/webhooks/\d+/[^/]+$"
 
 
 @pytest.fixture
@@ -45,25 +43,6 @@ async def h(
 ) -> AsyncIterator[Harness]:
     async with harness(settings, core, monkeypatch) as running:
         yield running
-
-
-async def save_faces(core: Core, user: int, *names: str) -> None:
-    """Faces saved straight into storage, as a finished face job would leave them."""
-    record = await users.get_or_create_user(core.db, "discord", str(user))
-    await users.record_consent(core.db, record.id)
-    for i, name in enumerate(names):
-        await identities.save_identity(core.db, record.id, name, face_embedding(i))
-
-
-def photo_upload(h: Harness, delay: float = 0.0) -> dict:
-    data = astronaut_png()
-    return upload(h.fake.add_upload("astronaut.png", data, delay), "astronaut.png", len(data))
-
-
-def face_add(h: Harness, name: str, *extra: dict, delay: float = 0.0, **kwargs: object) -> dict:
-    image = photo_upload(h, delay)
-    options = [option("name", name), upload_option("image", int(image["id"])), *extra]
-    return h.command("face", *options, sub="add", uploads=[image], **kwargs)
 
 
 async def test_login_syncs_every_command_for_servers_and_dms(h: Harness) -> None:
@@ -188,9 +167,8 @@ async def test_direct_messages_work_and_deliver_to_the_dm(
     assert call.body["type"] == 4 and "(imagine) queued" in call.content
     [job] = await jobs.list_jobs(h.core.db, platform="discord")
     assert isinstance(job.params, ImagineParams) and job.params.prompt == "a chef in Paris"
-    assert (job.params.settings.width, job.params.settings.height) == (896, 1200) or (
-        job.params.settings.width < job.params.settings.height
-    )
+    gs = job.params.settings
+    assert abs(gs.width / gs.height - 3 / 4) < 0.05  # the ar option became --ar 3:4
     assert job.delivery.channel_id == str(dm_channel_of(BOB))
     assert job.delivery.message_ref.endswith(f":{BOB}")
     await worker.drain()

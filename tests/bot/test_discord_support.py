@@ -23,11 +23,14 @@ from typing import Any
 import discord
 import pytest
 from aiohttp import BodyPartReader, web
+from bot_helpers import astronaut_png
+from bot_worker_fixture import face_embedding
 from pydantic import SecretStr
 
 from bot.core.app import Core
 from bot.discord.client import DiscordAdapter, PulidBot
 from bot.discord.context import InteractionBook
+from storage import identities, users
 from storage.config import DiscordSettings, QueueSettings, Settings
 
 APP_ID = 900000000000000001
@@ -37,6 +40,10 @@ ALICE = 800000000000000001
 BOB = 800000000000000002
 NAMES = {ALICE: "alice", BOB: "bob"}
 UPLOAD_LIMIT = 10 * 1024 * 1024
+CALLBACK = r"/interactions/\d+/[^/]+/callback$"
+ORIGINAL = r"/webhooks/\d+/[^/]+/messages/@original$"
+FOLLOW_UP = r"/webhooks/\d+/[^/]+$"
+CHANNEL_POST = r"/channels/\d+/messages$"
 _ids = itertools.count(1)
 
 
@@ -421,6 +428,7 @@ def interaction_payload(
     dm: bool = False,
     message: dict[str, Any] | None = None,
     at: dt.datetime | None = None,
+    attachment_limit: int = UPLOAD_LIMIT,
 ) -> dict[str, Any]:
     """A gateway INTERACTION_CREATE payload, in a server channel or (``dm``) a bot DM."""
     iid = snowflake(at)
@@ -432,7 +440,7 @@ def interaction_payload(
         "version": 1,
         "data": data,
         "locale": "en-US",
-        "attachment_size_limit": UPLOAD_LIMIT,
+        "attachment_size_limit": attachment_limit,
         "entitlements": [],
         "app_permissions": str(discord.Permissions.all().value),
         "authorizing_integration_owners": {"0": "0" if dm else str(GUILD_ID)},
@@ -603,6 +611,27 @@ async def harness(
     finally:
         await h.stop()
         await fake.stop()
+
+
+async def save_faces(core: Core, user: int, *names: str) -> None:
+    """Faces saved straight into storage (consent given), as finished face jobs leave them."""
+    record = await users.get_or_create_user(core.db, "discord", str(user))
+    await users.record_consent(core.db, record.id)
+    for i, name in enumerate(names):
+        await identities.save_identity(core.db, record.id, name, face_embedding(i))
+
+
+def photo_upload(h: Harness, delay: float = 0.0) -> dict[str, Any]:
+    data = astronaut_png()
+    return upload(h.fake.add_upload("astronaut.png", data, delay), "astronaut.png", len(data))
+
+
+def face_add(
+    h: Harness, name: str, *extra: dict[str, Any], delay: float = 0.0, **kwargs: Any
+) -> dict[str, Any]:
+    image = photo_upload(h, delay)
+    options = [option("name", name), upload_option("image", int(image["id"])), *extra]
+    return h.command("face", *options, sub="add", uploads=[image], **kwargs)
 
 
 def button_id(call: Call, label: str) -> str:
