@@ -97,10 +97,14 @@ class TelegramAdapter:
         self.settings = settings.telegram
         if self.settings.mode == "webhook" and not self.settings.webhook_url:
             raise ConfigError("telegram.webhook_url is required in webhook mode")
+        if self.settings.token is None:
+            raise ConfigError("telegram.token is not set (get one from @BotFather)")
+        token = self.settings.token.get_secret_value()
+        self._redact = RedactToken(token)
+        _filter_loggers(self._redact, add=True)  # before the Bot exists: it logs its URLs
         if rate_limiter is _DEFAULT_LIMITER:
             rate_limiter = AIORateLimiter(max_retries=RATE_LIMIT_RETRIES)
         self.application = build_application(self.settings, rate_limiter)  # type: ignore[arg-type]
-        token = self.application.bot.token
         self.sender = Sender(self.application.bot, keyboards.signing_key(token))
         self.handlers = Handlers(core, self.sender, settings)
         self.handlers.register(self.application)
@@ -112,7 +116,6 @@ class TelegramAdapter:
             poll_seconds=settings.queue.poll_seconds,
             progress_interval=progress_interval,
         )
-        self._redact = RedactToken(token)
         self._delivery: asyncio.Task[None] | None = None
 
     async def start(self) -> None:

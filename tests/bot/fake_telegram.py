@@ -474,10 +474,17 @@ def group_chat(chat_id: int = -1001234567890, title: str = "Friends") -> dict[st
 class Updates:
     """Builds real update JSON for one user in one chat and pushes it to the server."""
 
-    def __init__(self, server: FakeTelegram, who: dict[str, Any], chat: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        server: FakeTelegram,
+        who: dict[str, Any],
+        chat: dict[str, Any],
+        sink: Callable[[dict[str, Any]], object] | None = None,
+    ) -> None:
         self.server = server
         self.user = who
         self.chat = chat
+        self.sink = sink or server.push  # where updates go (a webhook test collects them)
         self._query_ids = itertools.count(1)
 
     def message(
@@ -522,7 +529,7 @@ class Updates:
         if reply_to is not None:
             message["reply_to_message"] = reply_to
         self.server.remember(message)
-        self.server.push({"message": message})
+        self.sink({"message": message})
         return message
 
     def _photo_sizes(self, data: bytes, size: int | None) -> list[dict[str, Any]]:
@@ -550,7 +557,7 @@ class Updates:
             "data": data,
             "message": message,
         }
-        self.server.push({"callback_query": query})
+        self.sink({"callback_query": query})
         return query_id
 
 

@@ -117,13 +117,13 @@ async def test_more_than_ten_images_are_split_into_even_albums(
 async def test_progress_edits_the_receipt(
     settings: Settings, core: Core, server: FakeTelegram, alice: Updates
 ) -> None:
-    async with running_bot(settings, core, server):
+    async with running_bot(settings, core, server, progress_interval=0.05):
         command = alice.message("/imagine a storm at sea")
         receipt = await server.wait_for("sendMessage", answering(command))
         job = await jobs.claim(core.db, "fixture-worker")  # the worker's part, via storage
         assert job is not None
         await jobs.progress(core.db, job.id, "fixture-worker", 3, 10)
-        edit = await server.wait_for("editMessageText")
+        edit = await server.wait_for("editMessageText", lambda c: "3/10" in c.params["text"])
         assert edit.params["message_id"] == receipt.result["message_id"]
         assert "step 3/10" in edit.params["text"] and edit.button("Cancel") == f"cx:{job.id}"
         await jobs.finish(core.db, job.id, "fixture-worker", [ResultData(0, png((1, 2, 3)), 9)])
