@@ -114,9 +114,8 @@ class AccountCommands(GenerateCommands):
         active = [JobState.QUEUED, JobState.RUNNING]
         for job in await jobs.list_jobs(self.db, owner_id=user.id, states=active):
             await jobs.cancel(self.db, user.id, job.id)
-        every = await jobs.list_jobs(self.db, owner_id=user.id, limit=100_000)
         counts = await users.erase_user(self.db, user.id)
-        self._forget_user_state(user.id, [j.id for j in every])
+        self._forget_user_state(user.id)
         return Reply(
             f"Erased {plural(counts.identities, 'face')}, {plural(counts.jobs, 'job')} and "
             f"{plural(counts.results, 'image')}. "

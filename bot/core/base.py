@@ -63,7 +63,7 @@ class CoreBase:
         self.db = db
         self.moderation = Moderation(settings.moderation)
         self._pending: dict[int, Pending] = {}
-        self._uploads: OrderedDict[int, bytes] = OrderedDict()
+        self._uploads: OrderedDict[int, tuple[int, bytes]] = OrderedDict()  # job → owner, data
 
     async def guard(self, work: Awaitable[Reply]) -> Reply:
         """Await a command; user-caused failures become error replies, others are logged."""
@@ -112,18 +112,23 @@ class CoreBase:
             self.db, user.id, params, delivery=caller.delivery(), input_blob=input_blob
         )
         if input_blob is not None:
-            self._remember_upload(queued.job_id, input_blob)
+            self._remember_upload(queued.job_id, user.id, input_blob)
         return render.receipt(queued.job_id, params.kind, queued.position)
 
-    def _remember_upload(self, job_id: int, data: bytes) -> None:
-        self._uploads[job_id] = data
+    def _remember_upload(self, job_id: int, owner_id: int, data: bytes) -> None:
+        self._uploads[job_id] = (owner_id, data)
         while len(self._uploads) > UPLOAD_CACHE_SIZE:
             self._uploads.popitem(last=False)
 
-    def _forget_user_state(self, user_id: int, job_ids: list[int]) -> None:
+    def _recall_upload(self, job_id: int, owner_id: int) -> bytes | None:
+        owner, data = self._uploads.get(job_id, (None, b""))
+        return data if owner == owner_id else None
+
+    def _forget_user_state(self, user_id: int) -> None:
+        """Drop what memory holds for a user: a pending consent action, cached uploads."""
         self._pending.pop(user_id, None)
-        for job_id in job_ids:
-            self._uploads.pop(job_id, None)
+        for job_id in [j for j, (owner, _) in self._uploads.items() if owner == user_id]:
+            del self._uploads[job_id]
 
 
 def yes_no(

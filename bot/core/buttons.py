@@ -98,7 +98,7 @@ class ButtonCommands(AccountCommands):
         if not isinstance(job.params, FaceParams) or job.state is not JobState.FAILED:
             raise BadInput("that face choice is no longer open")
         full = await jobs.get_job(self.db, job.id, owner_id=user.id, with_input=True)
-        data = full.input_blob or self._uploads.get(job.id)
+        data = full.input_blob or self._recall_upload(job.id, user.id)
         if not data:
             raise NotFound(f"The photo is gone; send it again with: face {number}")
         params = job.params.model_copy(update={"face_index": number, "crop": None})

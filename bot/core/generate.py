@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 from bot.core import limits, parsing
 from bot.core.base import command
@@ -68,9 +67,8 @@ class GenerateCommands(FaceCommands):
         return await self._identity(user, face or inline), gs
 
     def generation_settings(
-        self, user: UserRecord, values: Mapping[str, str], **extra: Any
+        self, user: UserRecord, values: Mapping[str, str]
     ) -> GenerationSettings:
-        """Defaults ← the user's /settings ← inline flags (← ``extra`` typed overrides)."""
+        """Defaults ← the user's /settings ← inline ``--flags``."""
         inline = limits.parse_overrides(values, self.limits)
-        inline.update(extra)
         return limits.build_settings(limits.saved_from_json(user.settings), inline, self.limits)
