@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from bot_worker_fixture import FixtureWorker
@@ -27,8 +28,9 @@ from test_discord_support import (
 )
 
 from bot.core.app import Core
+from bot.discord.client import INVITE_PERMISSIONS, DiscordAdapter, intents, invite_url
 from storage import jobs, users
-from storage.config import LimitSettings, Settings
+from storage.config import ConfigError, LimitSettings, Settings, load_settings
 from storage.schemas import BatchParams, FaceParams, ImagineParams
 
 
@@ -189,3 +191,26 @@ async def test_batch_opens_a_form_and_queues_its_prompts(h: Harness) -> None:
     assert "(batch) queued" in receipt.content and not receipt.flags & 64
     [job] = await jobs.list_jobs(h.core.db, platform="discord")
     assert isinstance(job.params, BatchParams) and job.params.prompts == ["a chef", "an astronaut"]
+
+
+async def test_unknown_commands_get_a_private_error(h: Harness) -> None:
+    call = await h.callback(h.command("nosuch"))
+    assert call.body["type"] == 4 and call.flags & 64 and "not known" in call.content
+
+
+def test_no_privileged_intent_and_the_documented_invite() -> None:
+    wanted = intents()
+    assert not (wanted.members or wanted.presences or wanted.message_content)
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "discord.md").read_text()
+    assert f"permissions={INVITE_PERMISSIONS.value}" in invite_url(1)
+    assert f"permissions={INVITE_PERMISSIONS.value}" in docs
+    assert f"**{INVITE_PERMISSIONS.value}**" in docs and "applications.commands" in docs
+
+
+def test_the_token_comes_from_the_environment(core: Core) -> None:
+    with pytest.raises(ConfigError, match="PULID_BOT__DISCORD__TOKEN"):
+        DiscordAdapter(load_settings(environ={}), core)
+    settings = load_settings(environ={"PULID_BOT__DISCORD__TOKEN": "abc.def"})
+    assert settings.discord.token is not None
+    assert settings.discord.token.get_secret_value() == "abc.def"
+    assert DiscordAdapter(settings, core).bot.config is settings
