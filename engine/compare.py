@@ -18,10 +18,11 @@ from engine.jobs_exec import (
     Generated,
     JobContext,
     JobOutcome,
-    generate_scored,
+    generate_images,
     image_results,
     join_notes,
 )
+from engine.scoring import IdentityScore
 from storage.records import ResultData
 from storage.schemas import CompareParams, ResultKind
 
@@ -104,26 +105,27 @@ async def run_compare(ctx: JobContext) -> JobOutcome:
     """Images for every prompt, each scored; plus one grid of reference, outputs and mean."""
     params = ctx.job.params
     assert isinstance(params, CompareParams)
-    run = await generate_scored(ctx, list(params.prompts) or default_prompts())
-    grid = await ctx.compute(_grid_png, ctx, run)
-    mean = mean_score(run.scores)
+    run = await generate_images(ctx, list(params.prompts) or default_prompts(), score=True)
+    scores = [s for s in run.scores if s is not None]
+    grid = await ctx.compute(_grid_png, ctx, run, scores)
+    mean = mean_score(scores)
     results = image_results(ctx, run)
     results.append(
         ResultData(0, grid, seed=run.params.seed, identity_score=mean, kind=ResultKind.GRID)
     )
-    return JobOutcome(results, join_notes(mean_label(run.scores), ctx.engine.notice))
+    return JobOutcome(results, join_notes(mean_label(scores), ctx.engine.notice))
 
 
-def _grid_png(ctx: JobContext, run: Generated) -> bytes:
+def _grid_png(ctx: JobContext, run: Generated, scores: list[IdentityScore]) -> bytes:
     footer = [ctx.engine.notice] if ctx.engine.notice else []
     reference: Image.Image = reference_tile(run.identity.thumbnail)
-    grid = compare_grid(reference, run.images, run.scores, footer=footer)
+    grid = compare_grid(reference, run.images, scores, footer=footer)
     extra = ctx.extra_metadata() | {
         "kind": "compare grid",
         "face": run.identity.name,
         "prompts": json.dumps(run.prompts),
-        "scores": json.dumps([s.similarity for s in run.scores]),
-        "mean_score": mean_label(run.scores),
+        "scores": json.dumps([s.similarity for s in scores]),
+        "mean_score": mean_label(scores),
     }
     meta = codec.result_metadata(
         f"compare: {len(run.prompts)} prompts", run.params, ctx.engine.fingerprint, extra

@@ -194,7 +194,7 @@ class Generated:
     prompts: list[str]
     params: SamplingParams
     images: list[Image.Image]
-    scores: list[IdentityScore]
+    scores: list[IdentityScore | None]
 
 
 def base_seed(job: JobRecord, settings: GenerationSettings) -> int:
@@ -223,19 +223,25 @@ async def load_identity(
         raise JobRefused(sentence(str(exc))) from exc
 
 
-async def generate_scored(ctx: JobContext, prompts: Sequence[str]) -> Generated:
-    """Encode the identity once, make one image per prompt, score each against the identity."""
+async def generate_images(ctx: JobContext, prompts: Sequence[str], *, score: bool) -> Generated:
+    """Load the identity once, make one image per prompt; with ``score``, score each one."""
     params = ctx.job.params
     record, embedding = await load_identity(ctx, params.identity_id)
     sampling = sampling_params(params.settings, base_seed(ctx.job, params.settings))
-    images, scores = await ctx.compute(_generate, ctx, list(prompts), sampling, embedding)
+    images, scores = await ctx.compute(_generate, ctx, list(prompts), sampling, embedding, score)
     return Generated(record, embedding, list(prompts), sampling, images, scores)
 
 
 def _generate(
-    ctx: JobContext, prompts: list[str], params: SamplingParams, embedding: IdentityEmbedding
-) -> tuple[list[Image.Image], list[IdentityScore]]:
+    ctx: JobContext,
+    prompts: list[str],
+    params: SamplingParams,
+    embedding: IdentityEmbedding,
+    score: bool,
+) -> tuple[list[Image.Image], list[IdentityScore | None]]:
     images = ctx.engine.generate(prompts, params, embedding, callback=ctx.on_step)
+    if not score:
+        return images, [None] * len(images)
     return images, [ctx.engine.score(img, embedding.arcface) for img in images]
 
 
@@ -246,22 +252,23 @@ def image_results(ctx: JobContext, run: Generated) -> list[ResultData]:
         zip(run.prompts, run.images, run.scores, strict=True)
     ):
         params = replace(run.params, seed=run.params.seed + i)
-        extra = ctx.extra_metadata() | {"identity_score": score.label()}
+        extra = ctx.extra_metadata() | ({"identity_score": score.label()} if score else {})
         meta = codec.result_metadata(prompt, params, ctx.engine.fingerprint, extra)
         png = codec.png_with_metadata(image, meta)
+        similarity = score.similarity if score else None
         results.append(
-            ResultData(i, png, seed=params.seed, prompt=prompt, identity_score=score.similarity)
+            ResultData(i, png, seed=params.seed, prompt=prompt, identity_score=similarity)
         )
     return results
 
 
 async def run_imagine(ctx: JobContext) -> JobOutcome:
     """One image of the identity."""
-    run = await generate_scored(ctx, [ctx.job.params.prompt])
+    run = await generate_images(ctx, [ctx.job.params.prompt], score=False)
     return JobOutcome(image_results(ctx, run), join_notes(ctx.engine.notice))
 
 
 async def run_batch(ctx: JobContext) -> JobOutcome:
     """One image per prompt, the identity encoded once."""
-    run = await generate_scored(ctx, ctx.job.params.prompts)
+    run = await generate_images(ctx, ctx.job.params.prompts, score=False)
     return JobOutcome(image_results(ctx, run), join_notes(ctx.engine.notice))
