@@ -14,7 +14,7 @@ from dataclasses import replace
 
 from telegram import BotCommand, CallbackQuery, MaybeInaccessibleMessage, Message, Update
 from telegram.constants import ChatType
-from telegram.error import Forbidden, TelegramError
+from telegram.error import BadRequest, Forbidden, TelegramError
 from telegram.ext import (
     Application,
     CallbackQueryHandler,
@@ -175,14 +175,14 @@ class Handlers:
         assert query is not None
         source = query.message
         if not query.data or source is None:
-            await query.answer()
+            await _answer(query)
             return
         chat_id = source.chat.id
         action_id, media = keyboards.parse_callback_data(query.data, self.sender.key, chat_id)
         try:
             reply = await self.core.press(_presser(query, source), action_id)
         except Exception:
-            await query.answer(INTERNAL[: presses.ANSWER_LIMIT], show_alert=True)
+            await _answer(query, INTERNAL[: presses.ANSWER_LIMIT], alert=True)
             raise
         await self._show_press(query, source, action_id, media, reply)
 
@@ -196,7 +196,7 @@ class Handlers:
     ) -> None:
         editable = isinstance(source, Message) and source.text is not None
         plan = presses.plan(action_id, reply, editable=editable)
-        await query.answer(plan.answer, show_alert=plan.alert)
+        await _answer(query, plan.answer, alert=plan.alert)
         chat_id = source.chat.id
         if plan.remove_source:
             await self.sender.remove(chat_id, [source.message_id, *media])
@@ -222,6 +222,14 @@ class Handlers:
         for admin in self.admins:
             with suppress(TelegramError):
                 await context.bot.send_message(admin, text)
+
+
+async def _answer(query: CallbackQuery, text: str | None = None, *, alert: bool = False) -> None:
+    """Answer a press; one Telegram no longer takes (pressed long ago) is logged, not fatal."""
+    try:
+        await query.answer(text, show_alert=alert)
+    except BadRequest as exc:
+        log.info("callback query %s not answered: %s", query.id, exc.message)
 
 
 def _presser(query: CallbackQuery, source: MaybeInaccessibleMessage) -> Caller:

@@ -55,13 +55,14 @@ def markup(
 
 
 def _button(b: Button, key: bytes, chat_id: int, media: Sequence[int]) -> InlineKeyboardButton:
-    ids = media if _verb(b.action_id) is Verb.DELETE else ()
+    ids = media if verb_of(b.action_id) is Verb.DELETE else ()
     return InlineKeyboardButton(
         b.label, callback_data=callback_data(b.action_id, key, chat_id, ids)
     )
 
 
-def _verb(action_id: str) -> Verb | None:
+def verb_of(action_id: str) -> Verb | None:
+    """The verb of a core action id (None if it is not one)."""
     try:
         return actions.parse_action(action_id).verb
     except BadInput:

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bot.core import actions
 from bot.core.actions import Verb
-from bot.core.errors import BadInput
 from bot.core.messages import Reply, ReplyKind
+from bot.telegram.keyboards import verb_of
 
 ANSWER_LIMIT = 200
 
@@ -26,13 +25,6 @@ class PressPlan:
     replace_source: bool = False  # edit the pressed message into the reply
     drop_keyboard: bool = False  # take the buttons off the pressed message
     post: bool = False  # send the reply as a new message
-
-
-def verb_of(action_id: str) -> Verb | None:
-    try:
-        return actions.parse_action(action_id).verb
-    except BadInput:
-        return None
 
 
 def fits_answer(reply: Reply) -> bool:

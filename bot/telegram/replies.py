@@ -40,6 +40,13 @@ class Target:
     reply_to: int | None = None
     thread_id: int | None = None
 
+    @property
+    def reply(self) -> ReplyParameters | None:
+        """Answer the message, or post plainly if it was deleted meanwhile."""
+        if self.reply_to is None:
+            return None
+        return ReplyParameters(self.reply_to, allow_sending_without_reply=True)
+
     @classmethod
     def of_message(cls, message: Message) -> Target:
         thread = message.message_thread_id if message.is_topic_message else None
@@ -139,20 +146,21 @@ class Sender:
         self, target: Target, text: str, markup: InlineKeyboardMarkup | None
     ) -> Message:
         return await self.bot.send_message(
-            target.chat_id, fit(text, TEXT_LIMIT), reply_markup=markup, **_where(target)
-        )
+            target.chat_id, fit(text, TEXT_LIMIT), reply_markup=markup,
+            reply_parameters=target.reply, message_thread_id=target.thread_id,
+        )  # fmt: skip
 
     async def _file(self, target: Target, file: Attachment, caption: str, reply: Reply) -> Message:
         markup = self._markup(target, reply)
         text = fit(caption, CAPTION_LIMIT) if caption.strip() else None
         if is_photo(file):
             return await self.bot.send_photo(
-                target.chat_id, file.data, caption=text, filename=file.name,
-                reply_markup=markup, **_where(target),
+                target.chat_id, file.data, caption=text, filename=file.name, reply_markup=markup,
+                reply_parameters=target.reply, message_thread_id=target.thread_id,
             )  # fmt: skip
         return await self.bot.send_document(
-            target.chat_id, file.data, caption=text, filename=file.name,
-            reply_markup=markup, **_where(target),
+            target.chat_id, file.data, caption=text, filename=file.name, reply_markup=markup,
+            reply_parameters=target.reply, message_thread_id=target.thread_id,
         )  # fmt: skip
 
     async def _media(self, target: Target, files: Sequence[Attachment]) -> list[Message]:
@@ -164,7 +172,10 @@ class Sender:
                 sent.append(await self._file(target, group[0], group[0].description, Reply("")))
                 continue
             media = [InputMediaPhoto(f.data, caption=_caption(f), filename=f.name) for f in group]
-            sent += await self.bot.send_media_group(target.chat_id, media, **_where(target))
+            sent += await self.bot.send_media_group(
+                target.chat_id, media, reply_parameters=target.reply,
+                message_thread_id=target.thread_id,
+            )  # fmt: skip
         for doc in (f for f in files if not is_photo(f)):
             sent.append(await self._file(target, doc, doc.description, Reply("")))
         return sent
@@ -245,10 +256,3 @@ class Sender:
 
 def _caption(file: Attachment) -> str | None:
     return fit(file.description, CAPTION_LIMIT) if file.description.strip() else None
-
-
-def _where(target: Target) -> dict[str, object]:
-    reply = None
-    if target.reply_to is not None:
-        reply = ReplyParameters(target.reply_to, allow_sending_without_reply=True)
-    return {"reply_parameters": reply, "message_thread_id": target.thread_id}

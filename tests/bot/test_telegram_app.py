@@ -9,9 +9,8 @@ from typing import Any
 
 import httpx
 import pytest
-from fake_telegram import (
-    TOKEN,
-    FakeTelegram,
+from fake_telegram import TOKEN, FakeTelegram
+from test_telegram_harness import (
     Updates,
     answering,
     private_chat,

@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 import pytest
 from bot_helpers import astronaut_png
 from bot_worker_fixture import FixtureWorker
-from fake_telegram import (
-    FakeTelegram,
+from fake_telegram import FakeTelegram
+from test_telegram_harness import (
     Updates,
     answering,
     private_chat,
@@ -68,6 +68,22 @@ async def test_delete_removes_the_album_and_its_keyboard(
     with pytest.raises(NotFound):
         await jobs.get_job(core.db, job_id)
     answered_once(server, [query])
+
+
+async def test_a_press_telegram_no_longer_takes_an_answer_for_still_acts(
+    settings: Settings, core: Core, worker: FixtureWorker, server: FakeTelegram, alice: Updates
+) -> None:
+    async with running_bot(settings, core, server):
+        command = alice.message("/imagine a cat")
+        await server.wait_for("sendMessage", answering(command))
+        [job_id] = await worker.drain()
+        photo = await server.wait_for("sendPhoto")
+        server.fail_next("answerCallbackQuery", 400, "Bad Request: query is too old")
+        alice.press(photo.result, photo.button("Delete"))
+        deleted = await server.wait_for("deleteMessages")
+    assert deleted.params["message_ids"] == [photo.result["message_id"]]
+    with pytest.raises(NotFound):
+        await jobs.get_job(core.db, job_id)
 
 
 async def test_forged_message_ids_in_callback_data_are_ignored(

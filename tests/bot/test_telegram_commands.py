@@ -6,9 +6,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 from bot_worker_fixture import FixtureWorker
-from fake_telegram import (
-    BOT_USER,
-    FakeTelegram,
+from fake_telegram import BOT_USER, FakeTelegram
+from test_telegram_harness import (
     Updates,
     answering,
     group_chat,

@@ -11,9 +11,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from bot_worker_fixture import FixtureWorker, png
-from fake_telegram import (
-    Call,
-    FakeTelegram,
+from fake_telegram import Call, FakeTelegram
+from test_telegram_harness import (
     Updates,
     answering,
     private_chat,

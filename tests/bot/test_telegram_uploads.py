@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 import pytest
 from bot_helpers import astronaut_png
 from bot_worker_fixture import FixtureWorker
-from fake_telegram import (
-    FakeTelegram,
+from fake_telegram import FakeTelegram
+from test_telegram_harness import (
     Updates,
     answering,
     group_chat,
