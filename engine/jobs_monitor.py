@@ -108,8 +108,9 @@ class JobMonitor:
                     lease_seconds=self.lease_seconds,
                 )  # fmt: skip
             )
-            self._written, self._last_write, self._last_touch = (done, total), now, now
-            self.writes += 1
+            if cancel is not None:
+                self._written, self._last_write, self._last_touch = (done, total), now, now
+                self.writes += 1
         if cancel:
             self.request_stop(StopReason.CANCEL)
 
@@ -125,8 +126,11 @@ class JobMonitor:
         if cancel:
             self.request_stop(StopReason.CANCEL)
 
-    async def _guarded(self, call) -> bool:
-        """Run a lease-guarded write; a lost lease stops the job, other errors are logged."""
+    async def _guarded(self, call) -> bool | None:
+        """Run a lease-guarded write: its cancel flag, or None when nothing was written.
+
+        A lost lease stops the job; other errors are logged (the lease may still hold).
+        """
         try:
             return await call
         except LeaseLost:
@@ -134,7 +138,7 @@ class JobMonitor:
             self.request_stop(StopReason.LEASE_LOST)
         except Exception:  # a database hiccup must not kill the job; the lease may hold
             log.warning("job %s: progress/heartbeat write failed", self.job_id, exc_info=True)
-        return False
+        return None
 
     async def _beat(self) -> None:
         while self._stop is not StopReason.LEASE_LOST:
