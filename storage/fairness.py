@@ -5,8 +5,8 @@ Definition (what ``claim`` implements):
 * Each user with queued jobs offers exactly one candidate: their *head*, the oldest of their
   queued jobs (``created_at``, then ``id``) — a user's own jobs always run in order.
 * A user's *waiting-since* time is the later of (a) when one of their jobs was last claimed
-  (``users.last_claim_at``) and (b) when their head job was enqueued. It is how long they have
-  waited for service, counting from their last turn.
+  (the latest ``started_at`` of their jobs) and (b) when their head job was enqueued: how
+  long they have waited for service, counting from their last turn.
 * Users with no running job come first; among them the one with the earliest waiting-since
   wins (ties: lower user id). Only when every waiting user already has a job running is a busy
   user's head claimed, by the same order.
@@ -26,13 +26,11 @@ from typing import Any
 
 from sqlalchemy import Select, and_, case, exists, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import aliased
 
-from storage import models
-from storage.schemas import JobKind, JobState
+from storage.job_sql import JOBS, QUEUED, RUNNING
+from storage.schemas import JobKind
 
-QUEUED = JobState.QUEUED.value
-RUNNING = JobState.RUNNING.value
+J = JOBS.c
 
 
 def _later(dialect: str, a: Any, b: Any) -> Any:
@@ -42,17 +40,21 @@ def _later(dialect: str, a: Any, b: Any) -> Any:
 def _heads(kinds: frozenset[JobKind] | None) -> Any:
     """Per waiting user: their oldest queued job's time and how many jobs they have queued."""
     query = select(
-        models.Job.owner_id.label("owner_id"),
-        func.min(models.Job.created_at).label("first"),
+        J.owner_id.label("owner_id"),
+        func.min(J.created_at).label("first"),
         func.count().label("queued"),
-    ).where(models.Job.state == QUEUED)
-    if kinds is not None:
-        query = query.where(models.Job.kind.in_(sorted(k.value for k in kinds)))
-    return query.group_by(models.Job.owner_id).subquery("heads")
+    ).where(J.state == QUEUED, *_kind_filter(J, kinds))
+    return query.group_by(J.owner_id).subquery("heads")
+
+
+def _last_claim(owner: Any) -> Any:
+    """When one of the user's jobs was last claimed (index ix_jobs_owner_started)."""
+    past = JOBS.alias("past").c
+    return select(func.max(past.started_at)).where(past.owner_id == owner).scalar_subquery()
 
 
 def _busy(owner: Any) -> Any:
-    busy = aliased(models.Job, name="busy")
+    busy = JOBS.alias("busy").c
     return case((exists().where(busy.owner_id == owner, busy.state == RUNNING), 1), else_=0)
 
 
@@ -66,25 +68,43 @@ def candidate_query(
     return _candidate_query(dialect, None if kinds is None else frozenset(kinds), lock)
 
 
+def _kind_filter(job: Any, kinds: frozenset[JobKind] | None) -> list[Any]:
+    return [] if kinds is None else [job.kind.in_(sorted(k.value for k in kinds))]
+
+
+def _turn_order(dialect: str, heads: Any) -> list[Any]:
+    last = func.coalesce(_last_claim(heads.c.owner_id), heads.c.first)
+    return [_busy(heads.c.owner_id), _later(dialect, last, heads.c.first), heads.c.owner_id]
+
+
 @functools.lru_cache(maxsize=32)
 def _candidate_query(dialect: str, kinds: frozenset[JobKind] | None, lock: bool) -> Select[Any]:
     heads = _heads(kinds)
-    cand = aliased(models.Job, name="cand")
-    last = func.coalesce(models.User.last_claim_at, heads.c.first)
+    cand_table = JOBS.alias("cand")
+    cand = cand_table.c
+    if dialect == "sqlite":  # no row locks: pick the user first, then their head job
+        owner = (
+            select(heads.c.owner_id)
+            .order_by(*_turn_order(dialect, heads))
+            .limit(1)
+            .scalar_subquery()
+        )
+        return (
+            select(cand.id)
+            .where(cand.state == QUEUED, cand.owner_id == owner, *_kind_filter(cand, kinds))
+            .order_by(cand.created_at, cand.id)
+            .limit(1)
+        )
     match = [cand.owner_id == heads.c.owner_id, cand.state == QUEUED]
-    match.append(cand.created_at == heads.c.first)
-    if kinds is not None:
-        match.append(cand.kind.in_(sorted(k.value for k in kinds)))
+    match += [cand.created_at == heads.c.first, *_kind_filter(cand, kinds)]
     query = (
         select(cand.id)
         .select_from(heads)
-        .join(models.User, models.User.id == heads.c.owner_id)
-        .join(cand, and_(*match))
-        .order_by(_busy(heads.c.owner_id), _later(dialect, last, heads.c.first))
-        .order_by(heads.c.owner_id, cand.id)
+        .join(cand_table, and_(*match))
+        .order_by(*_turn_order(dialect, heads), cand.id)
         .limit(1)
     )
-    return query.with_for_update(skip_locked=True, of=cand) if lock else query
+    return query.with_for_update(skip_locked=True, of=cand_table) if lock else query
 
 
 @dataclass(frozen=True)
@@ -101,9 +121,9 @@ async def _waiting_users(s: AsyncSession) -> list[_Waiting]:
             heads.c.owner_id,
             heads.c.queued,
             heads.c.first,
-            models.User.last_claim_at,
+            _last_claim(heads.c.owner_id),
             _busy(heads.c.owner_id),
-        ).join(models.User, models.User.id == heads.c.owner_id)
+        )
     )
     return [_waiting(*row) for row in rows]
 
@@ -127,14 +147,13 @@ def estimate_position(users: Sequence[_Waiting], owner_id: int, rank: int) -> in
 
 async def position_of(s: AsyncSession, owner_id: int, job_id: int, created_at: datetime) -> int:
     """Estimated 1-based position of a queued job under fair (round-robin) claiming."""
-    job = models.Job
     earlier = await s.scalar(
         select(func.count())
-        .select_from(job)
+        .select_from(JOBS)
         .where(
-            job.owner_id == owner_id,
-            job.state == QUEUED,
-            (job.created_at < created_at) | ((job.created_at == created_at) & (job.id < job_id)),
+            J.owner_id == owner_id,
+            J.state == QUEUED,
+            (J.created_at < created_at) | ((J.created_at == created_at) & (J.id < job_id)),
         )
     )
     users = await _waiting_users(s)

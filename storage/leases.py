@@ -72,8 +72,6 @@ async def claim(
         row = await _claim_row(s, db.dialect, worker_id, kinds, now, lease)
         if row is None:
             return None
-        last = {"last_claim_at": row.started_at}
-        await s.execute(update(USERS).where(USERS.c.id == row.owner_id).values(**last))
     record = JobRecord.of(row, with_input=True)
     log.info("job %s claimed by %s (attempt %s)", record.id, worker_id, record.attempts)
     return record

@@ -87,7 +87,6 @@ class User(Base):
     settings: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     consent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     banned: Mapped[bool] = mapped_column(Boolean, default=False)
-    last_claim_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     jobs_total: Mapped[int] = mapped_column(Integer, default=0)
     images_total: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -130,6 +129,7 @@ class Job(Base):
         CheckConstraint(f"state IN ({_STATES})", name="ck_jobs_state"),
         Index("ix_jobs_state_owner_created", "state", "owner_id", "created_at"),
         Index("ix_jobs_owner_created", "owner_id", "created_at"),
+        Index("ix_jobs_owner_started", "owner_id", "started_at"),
         Index("ix_jobs_state_lease", "state", "lease_expires"),
         Index("ix_jobs_delivered_finished", "delivered", "finished_at"),
         {"sqlite_autoincrement": True},

@@ -48,7 +48,6 @@ def _users() -> None:
         sa.Column("settings", _json(), nullable=False),
         _ts("consent_at", nullable=True),
         sa.Column("banned", sa.Boolean(), nullable=False),
-        _ts("last_claim_at", nullable=True),
         sa.Column("jobs_total", sa.Integer(), nullable=False),
         sa.Column("images_total", sa.Integer(), nullable=False),
         _ts("created_at"),
@@ -144,6 +143,7 @@ def _jobs() -> None:
     )
     op.create_index("ix_jobs_state_owner_created", "jobs", ["state", "owner_id", "created_at"])
     op.create_index("ix_jobs_owner_created", "jobs", ["owner_id", "created_at"])
+    op.create_index("ix_jobs_owner_started", "jobs", ["owner_id", "started_at"])
     op.create_index("ix_jobs_state_lease", "jobs", ["state", "lease_expires"])
     op.create_index("ix_jobs_delivered_finished", "jobs", ["delivered", "finished_at"])
 
