@@ -137,14 +137,22 @@ class PulidBot(commands.Bot):
         return synced
 
     async def answer(
-        self, interaction: Interaction, work: Awaitable[Reply], *, private: bool = True,
+        self,
+        interaction: Interaction,
+        work: Awaitable[Reply],
+        *,
+        private: bool = True,
         update: bool = False,
-    ) -> Reply:  # fmt: skip
-        """Answer with the core's reply within Discord's 3 s (see :mod:`bot.discord.respond`)."""
+    ) -> Reply:
+        """Answer with the core's reply within Discord's 3 s (see :mod:`bot.discord.respond`).
+
+        ``private`` is the visibility to defer with if the reply is slow: a guess, since the
+        reply decides in the end; ``update`` acknowledges a button without a new message.
+        """
+        within = self.answer_within
         return await respond.answer(
-            interaction, work, book=self.book, private=private, update=update,
-            within=self.answer_within,
-        )  # fmt: skip
+            interaction, work, book=self.book, private=private, update=update, within=within
+        )
 
     async def press_button(self, interaction: Interaction, action_id: str) -> None:
         """A press of any :class:`ActionButton`, from this run or an earlier one."""
@@ -169,7 +177,7 @@ class DiscordAdapter:
         if settings.discord.token is None:
             raise ConfigError("setting discord.token is not set (PULID_BOT__DISCORD__TOKEN)")
         self._token = settings.discord.token
-        self.bot = bot or PulidBot(settings, core)
+        self.bot = bot if bot is not None else PulidBot(settings, core)
         self._gateway: asyncio.Task[None] | None = None
 
     async def login(self) -> None:

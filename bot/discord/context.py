@@ -2,8 +2,9 @@
 
 A job stores its channel and ``"<interaction id>:<user id>"`` as its delivery reference; the
 interaction token itself is never written anywhere. While it is valid (15 minutes) the live
-:class:`discord.Interaction` is kept in memory by job id, so progress edits the receipt and the
-result is a follow-up. After that, or after a restart, results go to the channel (or the DM).
+:class:`discord.Interaction` is kept in memory with the job's :class:`Receipt`, so progress
+edits the receipt and the result is a follow-up. After that, or after a restart, results go
+to the channel (or the DM).
 """
 
 from __future__ import annotations
@@ -60,8 +61,24 @@ def _snowflake(text: str | None) -> int | None:
     return int(text) if text and text.isdigit() else None
 
 
+@dataclass(frozen=True)
+class Receipt:
+    """The message that shows a job's receipt: the interaction's original response, or one of
+    its follow-ups (when the receipt had to replace a deferred answer of other visibility)."""
+
+    interaction: Interaction
+    message_id: int | None = None  # None: the original response
+
+    async def edit(self, **fields: Any) -> None:
+        """Edit the receipt message (``content``, ``view``, …) through the interaction."""
+        if self.message_id is None:
+            await self.interaction.edit_original_response(**fields)
+        else:
+            await self.interaction.followup.edit_message(self.message_id, **fields)
+
+
 class InteractionBook:
-    """Live interactions whose original response is a job's receipt, while their token is valid."""
+    """Receipts of jobs, by job id, while their interaction's token is valid."""
 
     def __init__(
         self,
@@ -70,23 +87,23 @@ class InteractionBook:
     ) -> None:
         self.clock = clock
         self.capacity = capacity
-        self._by_job: OrderedDict[int, Interaction] = OrderedDict()
+        self._by_job: OrderedDict[int, Receipt] = OrderedDict()
 
-    def remember(self, job_id: int, interaction: Interaction) -> None:
-        self._by_job[job_id] = interaction
+    def remember(self, job_id: int, receipt: Receipt) -> None:
+        self._by_job[job_id] = receipt
         self._by_job.move_to_end(job_id)
         while len(self._by_job) > self.capacity:
             self._by_job.popitem(last=False)
 
-    def get(self, job_id: int) -> Interaction | None:
-        """The job's interaction if its token is still good for a while; drops stale ones."""
-        interaction = self._by_job.get(job_id)
-        if interaction is None:
+    def get(self, job_id: int) -> Receipt | None:
+        """The job's receipt if its token is still good for a while; drops stale ones."""
+        receipt = self._by_job.get(job_id)
+        if receipt is None:
             return None
-        if self.clock() >= interaction.expires_at - TOKEN_MARGIN:
+        if self.clock() >= receipt.interaction.expires_at - TOKEN_MARGIN:
             del self._by_job[job_id]
             return None
-        return interaction
+        return receipt
 
     def forget(self, job_id: int) -> None:
         self._by_job.pop(job_id, None)

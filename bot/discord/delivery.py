@@ -21,7 +21,7 @@ from discord.ext import commands
 from bot.core.delivery import Deliverer
 from bot.core.messages import MAX_TEXT, Reply
 from bot.discord import files
-from bot.discord.context import PLATFORM, Interaction, InteractionBook, Target, target_of
+from bot.discord.context import PLATFORM, InteractionBook, Receipt, Target, target_of
 from bot.discord.respond import message_kwargs, upload_limit
 from bot.discord.views import view_for
 from storage.schemas import Delivery
@@ -48,10 +48,10 @@ class DiscordDelivery:
 
     async def send(self, delivery: Delivery, reply: Reply) -> None:
         """Post a finished job's reply: follow-up while possible, else channel or DM."""
-        interaction = self.book.get(reply.job_id) if reply.job_id is not None else None
-        if interaction is not None:
+        receipt = self.book.get(reply.job_id) if reply.job_id is not None else None
+        if receipt is not None:
             try:
-                await self._follow_up(interaction, reply)
+                await self._follow_up(receipt, reply)
                 return
             except discord.HTTPException as exc:
                 if exc.status not in _DEAD_TOKEN:
@@ -61,19 +61,18 @@ class DiscordDelivery:
 
     async def progress(self, delivery: Delivery, reply: Reply) -> None:
         """Edit the job's receipt; dropped once the interaction can no longer edit it."""
-        interaction = self.book.get(reply.job_id) if reply.job_id is not None else None
-        if interaction is None:
+        receipt = self.book.get(reply.job_id) if reply.job_id is not None else None
+        if receipt is None:
             return
-        text = reply.text[:MAX_TEXT]
-        await interaction.edit_original_response(content=text, view=view_for(reply.buttons))
+        await receipt.edit(content=reply.text[:MAX_TEXT], view=view_for(reply.buttons))
 
-    async def _follow_up(self, interaction: Interaction, reply: Reply) -> None:
-        for kwargs in _messages(reply, upload_limit(interaction)):
-            await interaction.followup.send(**kwargs)
+    async def _follow_up(self, receipt: Receipt, reply: Reply) -> None:
+        for kwargs in _messages(reply, upload_limit(receipt.interaction)):
+            await receipt.interaction.followup.send(**kwargs)
         assert reply.job_id is not None
         self.book.forget(reply.job_id)
         with contextlib.suppress(discord.HTTPException):  # the receipt's Cancel is moot now
-            await interaction.edit_original_response(view=None)
+            await receipt.edit(view=None)
 
     async def _post(self, target: Target, reply: Reply) -> None:
         if target.channel_id is not None:

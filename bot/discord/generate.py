@@ -98,7 +98,7 @@ class BatchForm(ui.Modal, title="Batch"):
             ui.Label(text=f"Prompts, one per line (at most {most})", component=self.prompts)
         )
 
-    async def on_submit(self, interaction: Interaction) -> None:  # type: ignore[override]
+    async def on_submit(self, interaction: Interaction) -> None:
         work = self.bot.core.batch(caller_of(interaction), self.prompts.value, face=self.face)
         await self.bot.answer(interaction, work, private=False)
 

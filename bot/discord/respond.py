@@ -22,7 +22,7 @@ from bot.core.base import INTERNAL
 from bot.core.errors import UserError
 from bot.core.messages import MAX_TEXT, Button, Reply, ReplyKind, error_reply
 from bot.discord import files
-from bot.discord.context import Interaction, InteractionBook
+from bot.discord.context import Interaction, InteractionBook, Receipt
 from bot.discord.views import view_for
 
 log = logging.getLogger(__name__)
@@ -53,9 +53,9 @@ async def answer(
     done, _ = await asyncio.wait({task}, timeout=within)
     deferral = Deferral.NONE if done else await defer(interaction, private=private, update=update)
     reply = await task
-    await send_reply(interaction, reply, deferral)
+    message_id = await send_reply(interaction, reply, deferral)
     if reply.kind is ReplyKind.RECEIPT and reply.job_id is not None:
-        book.remember(reply.job_id, interaction)
+        book.remember(reply.job_id, Receipt(interaction, message_id))
     return reply
 
 
@@ -79,24 +79,30 @@ async def defer(interaction: Interaction, *, private: bool, update: bool = False
     return Deferral.PRIVATE if private else Deferral.PUBLIC
 
 
-async def send_reply(interaction: Interaction, reply: Reply, deferral: Deferral) -> None:
-    """Send a reply (all its files, split over follow-ups) the way the deferral allows."""
+async def send_reply(interaction: Interaction, reply: Reply, deferral: Deferral) -> int | None:
+    """Send a reply (files split over follow-ups) the way the deferral allows.
+
+    Returns the id of the follow-up that carries the reply's text, or ``None`` when that is the
+    interaction's original response.
+    """
     packed = files.pack(reply.files, max_bytes=upload_limit(interaction))
     first = packed.messages[0] if packed.messages else []
     text = packed.note(reply.text)[:MAX_TEXT]
+    message_id = None
     if reply.remove_source and interaction.type is discord.InteractionType.component:
         await _replace_source(interaction, text, deferral)
     elif deferral is Deferral.NONE:
         await interaction.response.send_message(**_send_kwargs(text, first, reply))
-    elif deferral is Deferral.UPDATE:
-        await interaction.followup.send(**_send_kwargs(text, first, reply))
-    elif (deferral is Deferral.PRIVATE) == reply.ephemeral:
+    elif (deferral is Deferral.PRIVATE) == reply.ephemeral and deferral is not Deferral.UPDATE:
         await interaction.edit_original_response(**edit_kwargs(text, first, reply))
     else:
-        await interaction.delete_original_response()
-        await interaction.followup.send(**_send_kwargs(text, first, reply))
+        if deferral is not Deferral.UPDATE:  # "thinking" of the other visibility: replace it
+            await interaction.delete_original_response()
+        sent = await interaction.followup.send(**_send_kwargs(text, first, reply), wait=True)
+        message_id = sent.id
     for more in packed.messages[1:]:
         await interaction.followup.send(files=files.to_discord_all(more), ephemeral=reply.ephemeral)
+    return message_id
 
 
 async def _replace_source(interaction: Interaction, text: str, deferral: Deferral) -> None:

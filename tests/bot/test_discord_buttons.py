@@ -114,6 +114,25 @@ async def test_result_buttons_work_after_a_restart(h: Harness, worker: FixtureWo
     assert isinstance(varied.params, ImagineParams) and varied.params.settings.seed == 7
 
 
+async def test_a_slow_press_still_gets_a_public_receipt_for_progress(
+    h: Harness, worker: FixtureWorker
+) -> None:
+    result = await deliver_image(h, worker)
+    h.bot.answer_within = 0.0  # the press is acknowledged before the core answers
+    press = h.press(h.fake.message_for(result), button_id(result, "Re-roll"))
+    deferred = await h.callback(press)
+    assert deferred.body == {"type": 5, "data": {"flags": 64}}  # "thinking", privately
+    token = press["token"]
+    await h.fake.wait_for("DELETE", rf"/{token}/messages/@original$")
+    [receipt] = await h.fake.wait_for("POST", rf"/webhooks/\d+/{token}$")
+    assert not receipt.flags & 64 and "(imagine) queued" in receipt.content
+    job = await jobs.claim(h.core.db, "test-worker")
+    assert job is not None
+    await jobs.progress(h.core.db, job.id, "test-worker", 1, 4)
+    [edit] = await h.fake.wait_for("PATCH", rf"/{token}/messages/{receipt.message_id}$")
+    assert "step 1/4" in edit.content
+
+
 async def test_delete_is_for_the_owner_only(h: Harness, worker: FixtureWorker) -> None:
     result = await deliver_image(h, worker)
     message = h.fake.message_for(result)

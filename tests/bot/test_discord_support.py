@@ -135,7 +135,11 @@ class FakeDiscord:
             ("GET", re.compile(r"/api/v10/oauth2/applications/@me"), self._application),
             ("PUT", re.compile(r"/api/v10/applications/\d+(?:/guilds/\d+)?/commands"), self._sync),
             ("POST", re.compile(r"/api/v10/interactions/(\d+)/([^/]+)/callback"), self._callback),
-            ("PATCH", re.compile(r"/api/v10/webhooks/\d+/([^/]+)/messages/@original"), self._edit),
+            (
+                "PATCH",
+                re.compile(r"/api/v10/webhooks/\d+/([^/]+)/messages/(@original|\d+)"),
+                self._edit,
+            ),
             ("DELETE", re.compile(r"/api/v10/webhooks/\d+/([^/]+)/messages/@original"), self._drop),
             ("POST", re.compile(r"/api/v10/webhooks/\d+/([^/]+)"), self._follow_up),
             ("POST", re.compile(r"/api/v10/channels/(\d+)/messages"), self._post),
@@ -272,10 +276,11 @@ class FakeDiscord:
             return stored
         return None
 
-    async def _edit(self, call: Call, token: str) -> web.Response:
-        if token in self.dead_tokens or token not in self.originals:
+    async def _edit(self, call: Call, token: str, which: str) -> web.Response:
+        message_id = self.originals.get(token) if which == "@original" else int(which)
+        if token in self.dead_tokens or message_id not in self.messages:
             return _unknown_webhook()
-        message = self.messages[self.originals[token]]
+        message = self.messages[message_id]
         message.update(self._fields(call, keep=message))
         call.message_id = message["id"]
         return _json(message)
