@@ -113,6 +113,19 @@ async def test_more_than_ten_images_are_split_into_even_albums(
     assert labels(keyboard)[-1] == "Delete" and "Vary 10" in labels(keyboard)
 
 
+async def test_compare_answers_with_one_scored_grid(
+    settings: Settings, core: Core, worker: FixtureWorker, server: FakeTelegram, alice: Updates
+) -> None:
+    async with running_bot(settings, core, server):
+        command = alice.message("/compare me")
+        await server.wait_for("sendMessage", answering(command))
+        await worker.drain()
+        grid = await server.wait_for("sendPhoto")
+    assert "likeness" in grid.params["caption"] and "Mean likeness" in grid.params["caption"]
+    assert labels(grid) == ["Re-roll", "Delete"]
+    assert server.calls_to("sendMediaGroup") == []
+
+
 async def test_progress_edits_the_receipt(
     settings: Settings, core: Core, server: FakeTelegram, alice: Updates
 ) -> None:

@@ -119,6 +119,18 @@ async def test_refused_before_any_download(
     assert server.calls_to("getFile") == [] and server.calls_to("download") == []
 
 
+async def test_face_show_in_a_private_chat_sends_the_thumbnail(
+    settings: Settings, core: Core, worker: FixtureWorker, server: FakeTelegram
+) -> None:
+    await saved_face(core, worker, ALICE, private_chat(ALICE))
+    alice = Updates(server, ALICE, private_chat(ALICE))
+    async with running_bot(settings, core, server):
+        sent = alice.message("/face show me")
+        shown = await server.wait_for("sendPhoto", answering(sent))
+    assert shown.params["caption"].startswith("'me' (1 photo")
+    assert shown.files["photo"].startswith(b"\x89PNG")
+
+
 async def test_export_in_a_group_goes_private_and_imports_back(
     settings: Settings, core: Core, worker: FixtureWorker, server: FakeTelegram
 ) -> None:
