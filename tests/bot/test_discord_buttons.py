@@ -6,12 +6,14 @@ from collections.abc import AsyncIterator
 
 import pytest
 from bot_worker_fixture import FixtureWorker
-from test_discord_support import (
+from test_discord_fakeapi import (
     ALICE,
     BOB,
     FOLLOW_UP,
     ORIGINAL,
     Call,
+)
+from test_discord_support import (
     Harness,
     button_id,
     face_add,

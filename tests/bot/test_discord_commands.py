@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from bot_worker_fixture import FixtureWorker
-from test_discord_support import (
+from test_discord_fakeapi import (
     ALICE,
     BOB,
     CALLBACK,
@@ -16,9 +16,11 @@ from test_discord_support import (
     FOLLOW_UP,
     GUILD_ID,
     ORIGINAL,
+    dm_channel_of,
+)
+from test_discord_support import (
     Harness,
     command_data,
-    dm_channel_of,
     face_add,
     form_data,
     harness,

@@ -16,15 +16,17 @@ import numpy as np
 import pytest
 from bot_worker_fixture import FixtureWorker, png
 from PIL import Image, PngImagePlugin
-from test_discord_support import (
+from test_discord_fakeapi import (
     ALICE,
     CHANNEL_ID,
     CHANNEL_POST,
     FOLLOW_UP,
     ORIGINAL,
+    dm_channel_of,
+)
+from test_discord_support import (
     Harness,
     command_data,
-    dm_channel_of,
     form_data,
     harness,
     interaction_payload,
