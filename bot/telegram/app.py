@@ -42,7 +42,6 @@ TOKEN_LOGGERS = (
     "telegram.HTTPXRequest",
     "telegram.BaseRequest",
 )
-_DEFAULT_LIMITER = object()
 
 
 class RedactToken(logging.Filter):
@@ -91,7 +90,6 @@ class TelegramAdapter:
         settings: Settings,
         core: Core,
         *,
-        rate_limiter: BaseRateLimiter | None | object = _DEFAULT_LIMITER,  # type: ignore[type-arg]
         progress_interval: float = PROGRESS_INTERVAL,
     ) -> None:
         self.settings = settings.telegram
@@ -102,9 +100,8 @@ class TelegramAdapter:
         token = self.settings.token.get_secret_value()
         self._redact = RedactToken(token)
         _filter_loggers(self._redact, add=True)  # before the Bot exists: it logs its URLs
-        if rate_limiter is _DEFAULT_LIMITER:
-            rate_limiter = AIORateLimiter(max_retries=RATE_LIMIT_RETRIES)
-        self.application = build_application(self.settings, rate_limiter)  # type: ignore[arg-type]
+        limiter = AIORateLimiter(max_retries=RATE_LIMIT_RETRIES)
+        self.application = build_application(self.settings, limiter)
         self.sender = Sender(self.application.bot, keyboards.signing_key(token))
         self.handlers = Handlers(core, self.sender, settings)
         self.handlers.register(self.application)

@@ -136,7 +136,7 @@ class Handlers:
             reply = replace(reply, text=f"{reply.text}\n\n{TIP}")
         elif _is_help(text) and not reply.is_error:
             reply = replace(reply, text=f"{reply.text}\n\n{TELEGRAM_HELP}")
-        await self._answer(message, reply)
+        await self._reply(message, reply)
 
     async def _command(self, caller: Caller, message: Message, text: str) -> tuple[Reply, bool]:
         """The core's reply, and whether a compressed photo was used."""
@@ -150,7 +150,7 @@ class Handlers:
             return error_reply(exc.message), False
         return await self.dispatcher.handle(caller, text, [file]), upload.compressed
 
-    async def _answer(self, message: Message, reply: Reply) -> None:
+    async def _reply(self, message: Message, reply: Reply) -> None:
         """Reply in the chat; private files asked for in a group go to a private chat."""
         if reply.ephemeral and reply.files and message.chat.type != ChatType.PRIVATE:
             await self._privately(message, reply)
@@ -175,14 +175,14 @@ class Handlers:
         assert query is not None
         source = query.message
         if not query.data or source is None:
-            await _answer(query)
+            await _answer_query(query)
             return
         chat_id = source.chat.id
         action_id, media = keyboards.parse_callback_data(query.data, self.sender.key, chat_id)
         try:
             reply = await self.core.press(_presser(query, source), action_id)
         except Exception:
-            await _answer(query, INTERNAL[: presses.ANSWER_LIMIT], alert=True)
+            await _answer_query(query, INTERNAL[: presses.ANSWER_LIMIT], alert=True)
             raise
         await self._show_press(query, source, action_id, media, reply)
 
@@ -196,7 +196,7 @@ class Handlers:
     ) -> None:
         editable = isinstance(source, Message) and source.text is not None
         plan = presses.plan(action_id, reply, editable=editable)
-        await _answer(query, plan.answer, alert=plan.alert)
+        await _answer_query(query, plan.answer, alert=plan.alert)
         chat_id = source.chat.id
         if plan.remove_source:
             await self.sender.remove(chat_id, [source.message_id, *media])
@@ -224,7 +224,9 @@ class Handlers:
                 await context.bot.send_message(admin, text)
 
 
-async def _answer(query: CallbackQuery, text: str | None = None, *, alert: bool = False) -> None:
+async def _answer_query(
+    query: CallbackQuery, text: str | None = None, *, alert: bool = False
+) -> None:
     """Answer a press; one Telegram no longer takes (pressed long ago) is logged, not fatal."""
     try:
         await query.answer(text, show_alert=alert)

@@ -127,7 +127,8 @@ class Sender:
         if not reply.files:
             sent = [await self._text(target, reply.text, self._markup(target, reply))]
         elif len(reply.files) == 1 and len(reply.text) <= CAPTION_LIMIT:
-            sent = [await self._file(target, reply.files[0], reply.text, reply)]
+            markup = self._markup(target, reply)
+            sent = [await self._file(target, reply.files[0], reply.text, markup)]
         else:
             sent = await self._media(target, reply.files)
             after = Target(target.chat_id, sent[0].message_id, target.thread_id)
@@ -150,8 +151,13 @@ class Sender:
             reply_parameters=target.reply, message_thread_id=target.thread_id,
         )  # fmt: skip
 
-    async def _file(self, target: Target, file: Attachment, caption: str, reply: Reply) -> Message:
-        markup = self._markup(target, reply)
+    async def _file(
+        self,
+        target: Target,
+        file: Attachment,
+        caption: str,
+        markup: InlineKeyboardMarkup | None = None,
+    ) -> Message:
         text = fit(caption, CAPTION_LIMIT) if caption.strip() else None
         if is_photo(file):
             return await self.bot.send_photo(
@@ -169,7 +175,7 @@ class Sender:
         for size in albums(len(photos)):
             group, photos = photos[:size], photos[size:]
             if size == 1:
-                sent.append(await self._file(target, group[0], group[0].description, Reply("")))
+                sent.append(await self._file(target, group[0], group[0].description))
                 continue
             media = [InputMediaPhoto(f.data, caption=_caption(f), filename=f.name) for f in group]
             sent += await self.bot.send_media_group(
@@ -177,7 +183,7 @@ class Sender:
                 message_thread_id=target.thread_id,
             )  # fmt: skip
         for doc in (f for f in files if not is_photo(f)):
-            sent.append(await self._file(target, doc, doc.description, Reply("")))
+            sent.append(await self._file(target, doc, doc.description))
         return sent
 
     # ---- what a button press does to its message ----------------------------------------------
