@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,6 @@ class Limits:
     import_max_bytes: int = 16 * 1024 * 1024
     max_refs: int = 16
     keep_inputs: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _is_sqlite(url: str) -> bool:

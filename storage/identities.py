@@ -55,6 +55,11 @@ def _not_found(name: str) -> NotFound:
     return NotFound(f"You have no face named '{name}'.")
 
 
+async def _lock_owner(s: AsyncSession, owner_id: int) -> None:
+    """Serialise one user's identity writes on PostgreSQL (count limit, single default)."""
+    await s.execute(select(models.User.id).where(models.User.id == owner_id).with_for_update())
+
+
 async def _row(s: AsyncSession, owner_id: int, name: str) -> models.Identity:
     row = await s.scalar(
         select(models.Identity).where(
@@ -105,7 +110,7 @@ async def _insert(
     limit = db.limits.max_identities if max_per_user is None else max_per_user
     try:
         async with db.transaction() as s:
-            await require_user(s, owner_id)
+            await require_user(s, owner_id, lock=True)
             if await _count(s, owner_id) >= limit:
                 raise LimitReached(f"You can save at most {limit} faces; delete one first.")
             await _ensure_free(s, owner_id, name)
@@ -179,6 +184,7 @@ async def add_reference(db: Database, owner_id: int, name: str, embedding: bytes
     """Append the references in ``embedding`` to face ``name``; n_refs grows accordingly."""
     extra = embeddings.unpack(embedding, max_refs=db.limits.max_refs)
     async with db.transaction() as s:
+        await _lock_owner(s, owner_id)
         row = await _row(s, owner_id, name)
         base = embeddings.unpack(row.embedding, max_bytes=2**40, max_refs=2**31)
         merged = embeddings.append_references(base, extra, max_refs=db.limits.max_refs)
@@ -231,6 +237,7 @@ async def get_default_identity(db: Database, owner_id: int) -> IdentityRecord | 
 async def set_default(db: Database, owner_id: int, name: str) -> IdentitySummary:
     """Make face ``name`` the user's default."""
     async with db.transaction() as s:
+        await _lock_owner(s, owner_id)
         row = await _row(s, owner_id, name)
         await _clear_default(s, owner_id)
         await s.flush()
@@ -243,6 +250,7 @@ async def set_default(db: Database, owner_id: int, name: str) -> IdentitySummary
 async def delete_identity(db: Database, owner_id: int, name: str) -> None:
     """Delete face ``name``; if it was the default, the most recently updated face becomes it."""
     async with db.transaction() as s:
+        await _lock_owner(s, owner_id)
         row = await _row(s, owner_id, name)
         was_default = row.is_default
         await s.delete(row)

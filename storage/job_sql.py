@@ -38,6 +38,17 @@ async def guarded(s: AsyncSession, where: Where, values: dict[str, Any], ret: An
     return await s.scalar(update(JOBS).where(*where).values(**values).returning(ret))
 
 
+async def guarded_row(s: AsyncSession, where: Where, values: dict[str, Any]) -> Any:
+    """A guarded UPDATE returning (owner_id, attempts, started_at), or None."""
+    stmt = update(JOBS).where(*where).values(**values)
+    return (await s.execute(stmt.returning(J.owner_id, J.attempts, J.started_at))).one_or_none()
+
+
+def elapsed(row: Any, now: datetime) -> float:
+    """Seconds since the job's attempt started (for log lines)."""
+    return (now - row.started_at).total_seconds() if row.started_at else 0.0
+
+
 async def changed_ids(s: AsyncSession, where: Where, values: dict[str, Any]) -> list[int]:
     """A guarded UPDATE of many jobs; returns the ids it changed."""
     result = await s.scalars(update(JOBS).where(*where).values(**values).returning(J.id))

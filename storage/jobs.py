@@ -108,7 +108,8 @@ async def enqueue(
 
 
 async def _check_user(s: AsyncSession, owner_id: int) -> None:
-    banned = await s.scalar(select(USERS.c.banned).where(USERS.c.id == owner_id))
+    query = select(USERS.c.banned).where(USERS.c.id == owner_id).with_for_update()
+    banned = await s.scalar(query)  # the lock makes the cap check race-free on PostgreSQL
     if banned is None:
         raise NotFound("Unknown user.", detail=f"user {owner_id}")
     if banned:

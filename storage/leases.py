@@ -33,7 +33,9 @@ from storage.job_sql import (
     J,
     changed_ids,
     closing,
+    elapsed,
     guarded,
+    guarded_row,
     held,
     requeue_values,
 )
@@ -176,15 +178,19 @@ async def finish(db: Database, job_id: int, worker_id: str, results: Sequence[Re
     Returns False (and writes nothing) if this worker no longer holds the job.
     """
     _check_results(results)
-    values = closing(db, JobState.DONE, utcnow())
+    now = utcnow()
+    values = closing(db, JobState.DONE, now)
     values["progress_step"] = J.progress_total
     async with db.transaction() as s:
-        owner = await guarded(s, held(job_id, worker_id), values, J.owner_id)
-        if owner is None:
+        row = await guarded_row(s, held(job_id, worker_id), values)
+        if row is None:
             log.warning("job %s: finish by %s refused, lease lost", job_id, worker_id)
             return False
-        await _store_results(s, job_id, owner, results)
-    log.info("job %s done by %s: %s results", job_id, worker_id, len(results))
+        await _store_results(s, job_id, row.owner_id, results)
+    log.info(
+        "job %s done by %s (attempt %s, %.1fs): %s results",
+        *(job_id, worker_id, row.attempts, elapsed(row, now), len(results)),
+    )
     return True
 
 
@@ -237,11 +243,14 @@ async def fail(
                 return True
         values = closing(db, JobState.FAILED, now)
         values.update(error_user=user_message, error_detail=detail)
-        done = await guarded(s, held(job_id, worker_id), values, J.id)
-    if done is None:
+        row = await guarded_row(s, held(job_id, worker_id), values)
+    if row is None:
         log.warning("job %s: fail by %s refused, lease lost", job_id, worker_id)
         return False
-    log.info("job %s failed: %s (%s)", job_id, user_message, detail)
+    log.info(
+        "job %s failed (attempt %s, %.1fs): %s (%s)",
+        *(job_id, row.attempts, elapsed(row, now), user_message, detail),
+    )
     return True
 
 

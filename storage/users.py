@@ -38,9 +38,14 @@ log = logging.getLogger(__name__)
 UNKNOWN_USER = "Unknown user."
 
 
-async def require_user(session: AsyncSession, user_id: int) -> models.User:
-    """The user row, or NotFound; for use inside another API call's transaction."""
-    row = await session.get(models.User, user_id)
+async def require_user(session: AsyncSession, user_id: int, *, lock: bool = False) -> models.User:
+    """The user row, or NotFound; for use inside another API call's transaction.
+
+    ``lock`` takes the row lock on PostgreSQL (``FOR UPDATE``), serialising the user's
+    concurrent writes (SQLite writers are serialised by ``BEGIN IMMEDIATE`` anyway).
+    """
+    query = select(models.User).where(models.User.id == user_id)
+    row = await session.scalar(query.with_for_update() if lock else query)
     if row is None:
         raise NotFound(UNKNOWN_USER, detail=f"user {user_id}")
     return row
