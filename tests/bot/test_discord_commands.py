@@ -105,7 +105,7 @@ async def test_slow_download_is_deferred_then_the_receipt_replaces_it(h: Harness
     await save_faces(h.core, ALICE, "first")
     h.bot.answer_within = 0.2
     started = time.monotonic()
-    face_add(h, "second", option("crop", "10,20,200,220"), option("default", True), delay=0.8)
+    face_add(h, "second", option("crop", "10,20,200,220"), option("default", True), delay=1.2)
     [defer] = await h.fake.wait_for("POST", CALLBACK)
     [download] = await h.fake.wait_for("GET", r"/cdn/astronaut.png$")
     assert defer.body == {"type": 5} and defer.at - started < 3.0

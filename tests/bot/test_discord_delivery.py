@@ -99,7 +99,8 @@ async def test_progress_edits_the_receipt_then_the_result_follows_up(h: Harness)
     job = await claim(h)
     await jobs.progress(h.core.db, job.id, WORKER, 3, 10)
     token = sent["token"]
-    [edit] = await h.fake.wait_for("PATCH", rf"/{token}/messages/@original$")
+    receipt = rf"/{token}/messages/@original$"
+    [edit] = await h.fake.wait_for("PATCH", receipt, where=lambda c: "step 3/10" in c.content)
     assert edit.content.startswith(f"Job #{job.id} (imagine) running: step 3/10")
     assert edit.custom_ids == [f"pb:cx:{job.id}"]
 
@@ -113,7 +114,7 @@ async def test_progress_edits_the_receipt_then_the_result_follows_up(h: Harness)
         f"pb:us:{job.id}:0",
         f"pb:rm:{job.id}",
     ]
-    [_, closed] = await h.fake.wait_for("PATCH", rf"/{token}/messages/@original$", 2)
+    [closed] = await h.fake.wait_for("PATCH", receipt, where=lambda c: "content" not in c.data)
     assert closed.data["components"] == []  # the receipt's Cancel button is gone
     assert await delivered(h, job.id)
 

@@ -91,6 +91,9 @@ class Call:
         return [c.get("label", "") for c in walk(self.data.get("components", [])) if c["type"] == 2]
 
 
+Filter = Callable[["Call"], bool]
+
+
 def walk(components: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for c in components:
@@ -149,22 +152,32 @@ class FakeDiscord:
         if self._runner is not None:
             await self._runner.cleanup()
 
-    def find(self, method: str, pattern: str, since: int = 0) -> list[Call]:
-        """Recorded requests (from index ``since``) whose path matches ``pattern``."""
+    def find(
+        self, method: str, pattern: str, since: int = 0, where: Filter | None = None
+    ) -> list[Call]:
+        """Recorded requests (from index ``since``) whose path matches, and ``where`` holds."""
         regex = re.compile(pattern)
-        calls = self.calls[since:]
-        return [c for c in calls if c.method == method and regex.search(c.path)]
+        calls = [c for c in self.calls[since:] if c.method == method and regex.search(c.path)]
+        return [c for c in calls if where is None or where(c)]
 
     async def wait_for(
-        self, method: str, pattern: str, count: int = 1, *, since: int = 0, timeout: float = 10.0
+        self,
+        method: str,
+        pattern: str,
+        count: int = 1,
+        *,
+        since: int = 0,
+        where: Filter | None = None,
+        timeout: float = 10.0,
     ) -> list[Call]:
         """Wait until ``count`` matching requests were received; returns them."""
+
+        def enough() -> bool:
+            return len(self.find(method, pattern, since, where)) >= count
+
         async with self._changed:
-            await asyncio.wait_for(
-                self._changed.wait_for(lambda: len(self.find(method, pattern, since)) >= count),
-                timeout,
-            )
-        return self.find(method, pattern, since)
+            await asyncio.wait_for(self._changed.wait_for(enough), timeout)
+        return self.find(method, pattern, since, where)
 
     def add_upload(self, name: str, data: bytes, delay: float = 0.0) -> str:
         """Serve ``data`` on the fake CDN (after ``delay`` seconds); returns its URL."""
