@@ -15,6 +15,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from storage.config import ENV_CONFIG_FILE, ConfigError, Settings, load_settings, masked
 
@@ -38,8 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", type=Path, help="TOML settings file (default: ./config.toml)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_run_commands(sub)
+    _add_admin_commands(sub)
+    return parser
+
+
+def _add_run_commands(sub: Any) -> None:
     sub.add_parser("serve", help="run every configured adapter and one engine worker per device")
-    eng = sub.add_parser("engine", help="run one engine worker (any host that reaches the database)")
+    eng = sub.add_parser("engine", help="run one engine worker (any host reaching the database)")
     eng.add_argument("--device", help="torch device for this worker (default: first configured)")
     eng.add_argument("--burst", action="store_true", help="exit once the queue is empty")
     chat = sub.add_parser("chat", help="local chat console speaking the bot's commands")
@@ -47,16 +54,20 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--out", type=Path, default=Path("chat-out"), help="folder for images")
     demo = sub.add_parser("demo", help="the whole product on embedded defaults, scripted")
     demo.add_argument("--out", type=Path, default=Path("demo-out"), help="folder for images")
-    db = sub.add_parser("db", help="database schema").add_subparsers(dest="db_command", required=True)
-    db.add_parser("upgrade", help="create or migrate the database schema")
-    cfg = sub.add_parser("config", help="settings").add_subparsers(dest="config_command", required=True)
-    cfg.add_parser("show", help="print the effective settings (secrets masked)")
+
+
+def _add_admin_commands(sub: Any) -> None:
+    db = sub.add_parser("db", help="database schema")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    db_sub.add_parser("upgrade", help="create or migrate the database schema")
+    cfg = sub.add_parser("config", help="settings")
+    cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
+    cfg_sub.add_parser("show", help="print the effective settings (secrets masked)")
     models = sub.add_parser("models", help="model weights")
     msub = models.add_subparsers(dest="models_command", required=True)
     dl = msub.add_parser("download", help="fetch the configured preset's weights")
     dl.add_argument("--accept-licence", action="store_true", help="accept the model licences")
     msub.add_parser("check", help="validate the configured preset's local weights")
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

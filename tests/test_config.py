@@ -58,7 +58,9 @@ def test_config_file_from_environment(tmp_path: Path) -> None:
         ("", {"PULID_BOT__QUEUE": "1"}, "expected PULID_BOT__SECTION__KEY"),
     ],
 )
-def test_bad_settings_name_key_and_value(tmp_path: Path, text: str, env: dict, expected: str) -> None:
+def test_bad_settings_name_key_and_value(
+    tmp_path: Path, text: str, env: dict[str, str], expected: str
+) -> None:
     cfg = tmp_path / "c.toml"
     cfg.write_text(text)
     with pytest.raises(ConfigError) as err:
