@@ -45,8 +45,18 @@ as_owner() {
     fi
 }
 
+# A port nothing listens on (pure bash: no python needed).
 free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+    local port
+    for _ in $(seq 1 200); do
+        port=$((20000 + RANDOM % 40000))
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            echo "$port"
+            return
+        fi
+    done
+    say "no free port found"
+    exit 1
 }
 
 print_exports() {
@@ -61,10 +71,7 @@ is_running() {
 
 init_cluster() {
     mkdir -p "$PGDIR"
-    if [[ "$(id -u)" == 0 ]]; then
-        id "$PG_USER_OS" >/dev/null 2>&1 || useradd --system --no-create-home "$PG_USER_OS"
-        chown "$PG_USER_OS" "$PGDIR"
-    fi
+    if [[ "$(id -u)" == 0 ]]; then chown "$PG_USER_OS" "$PGDIR"; fi
     if [[ ! -f "$DATA/PG_VERSION" ]]; then
         say "creating cluster in $DATA"
         as_owner "$BIN/initdb" -D "$DATA" -U postgres -A trust -E UTF8 --no-sync >&2
@@ -75,12 +82,21 @@ start_cluster() {
     local port
     port="$(free_port)"
     echo "$port" >"$PGDIR/port"
-    mkdir -p "$PGDIR/sock"
-    [[ "$(id -u)" == 0 ]] && chown "$PG_USER_OS" "$PGDIR/sock" "$PGDIR/port"
+    if [[ "$(id -u)" == 0 ]]; then chown "$PG_USER_OS" "$PGDIR/port"; fi
     say "starting on 127.0.0.1:$port"
     as_owner "$BIN/pg_ctl" -D "$DATA" -l "$PGDIR/server.log" -w -t 60 start -o \
-        "-h 127.0.0.1 -p $port -k $PGDIR/sock -c fsync=off -c synchronous_commit=off \
+        "-h 127.0.0.1 -p $port -k '' -c fsync=off -c synchronous_commit=off \
          -c full_page_writes=off -c max_connections=200" >&2
+}
+
+# As root the cluster belongs to the postgres user, who must be able to reach it; a checkout
+# under a private home (e.g. /root) gets its cluster under /tmp instead.
+pick_dir() {
+    if [[ -z "${PULID_BOT_PG_DIR:-}" && "$(id -u)" == 0 ]] &&
+        ! runuser -u "$PG_USER_OS" -- test -x "$ROOT" 2>/dev/null; then
+        PGDIR="/tmp/pulid-bot-pg-$(echo "$ROOT" | md5sum | cut -c1-8)"
+        DATA="$PGDIR/data"
+    fi
 }
 
 BIN="$(find_bindir || true)"
@@ -88,6 +104,11 @@ if [[ -z "$BIN" ]]; then
     install_postgres
     BIN="$(find_bindir)"
 fi
+
+if [[ "$(id -u)" == 0 ]] && ! id "$PG_USER_OS" >/dev/null 2>&1; then
+    useradd --system --no-create-home "$PG_USER_OS"
+fi
+pick_dir
 
 if [[ "${1:-}" == "--stop" ]]; then
     if is_running; then as_owner "$BIN/pg_ctl" -D "$DATA" -m fast -w stop >&2; fi

@@ -54,7 +54,7 @@ async def require_user(session: AsyncSession, user_id: int, *, lock: bool = Fals
 async def find_user(db: Database, platform: str, platform_user_id: str) -> UserRecord | None:
     """The user with this platform id, if known."""
     async with db.session() as s:
-        row = await s.scalar(_by_platform(platform, platform_user_id))
+        row = await s.scalar(_by_platform(platform, str(platform_user_id)))
         return UserRecord.of(row) if row else None
 
 
@@ -68,6 +68,7 @@ async def get_or_create_user(
     db: Database, platform: str, platform_user_id: str, *, display_name: str | None = None
 ) -> UserRecord:
     """The user with this platform id, created on first sight (safe under races)."""
+    platform_user_id = str(platform_user_id)
     found = await find_user(db, platform, platform_user_id)
     if found is not None:
         return found
@@ -75,7 +76,7 @@ async def get_or_create_user(
         async with db.transaction() as s:
             row = models.User(
                 platform=platform,
-                platform_user_id=str(platform_user_id),
+                platform_user_id=platform_user_id,
                 display_name=display_name,
                 settings={},
                 banned=False,
