@@ -65,12 +65,15 @@ async def claim(
 
     PostgreSQL: ``SELECT … FOR UPDATE SKIP LOCKED`` then a guarded UPDATE; SQLite: one
     ``UPDATE … WHERE id = (SELECT …) AND state='queued' RETURNING`` inside BEGIN IMMEDIATE.
-    With ``reap`` expired leases are re-queued first. Returns None when nothing is queued.
+    With ``reap`` expired leases are first handled as by :func:`requeue_expired`, in the
+    same transaction. Returns None when nothing is queued.
     """
-    if reap:
-        await requeue_expired(db, now=now)
     lease = _lease(db, lease_seconds)
     async with db.transaction() as s:
+        if reap:
+            _log_reaped(await _reap(s, db, now or utcnow()))
+        elif db.is_sqlite:
+            await s.execute(select(literal(1)))  # BEGIN IMMEDIATE: take the write lock now
         row = await _claim_row(s, db.dialect, worker_id, kinds, now, lease)
         if row is None:
             return None
@@ -87,11 +90,11 @@ async def _claim_row(
     now: datetime | None,
     lease: timedelta,
 ) -> Any:
-    """The claimed row; the clock is read only once the lock is held, so claim times are
-    in commit order (they order users' turns, see storage.fairness)."""
+    """The claimed row. The clock is read only once the lock is held (SQLite: the whole
+    database, taken by the transaction's first statement), so claim times are in commit
+    order: they order users' turns (storage.fairness)."""
     target: ColumnElement[bool]
     if dialect == "sqlite":
-        await s.execute(select(literal(1)))  # BEGIN IMMEDIATE: take the write lock now
         target = J.id == fairness.candidate_query(dialect, kinds).scalar_subquery()
     else:
         job_id = await s.scalar(fairness.candidate_query(dialect, kinds, lock=True))
@@ -270,17 +273,24 @@ async def requeue_expired(db: Database, *, now: datetime | None = None) -> Reque
     Cancel-requested ones become cancelled; those that used all attempts fail with a clear
     message; the rest go back to the queue (attempts are counted at each claim).
     """
-    now = now or utcnow()
-    expired = [J.state == RUNNING, J.lease_expires < now]
     async with db.transaction() as s:
-        cancel = [*expired, J.cancel_requested.is_(True)]
-        cancelled = await changed_ids(s, cancel, closing(db, JobState.CANCELLED, now))
-        failed = await changed_ids(s, [*expired, J.attempts >= J.max_attempts], _lost(db, now))
-        requeued = await changed_ids(s, expired, requeue_values(now, "lease expired"))
-    report = RequeueReport(requeued=requeued, failed=failed, cancelled=cancelled)
-    if requeued or failed or cancelled:
-        log.warning("expired leases: %s", report)
+        report = await _reap(s, db, now or utcnow())
+    _log_reaped(report)
     return report
+
+
+async def _reap(s: AsyncSession, db: Database, now: datetime) -> RequeueReport:
+    expired = [J.state == RUNNING, J.lease_expires < now]
+    cancel = [*expired, J.cancel_requested.is_(True)]
+    cancelled = await changed_ids(s, cancel, closing(db, JobState.CANCELLED, now))
+    failed = await changed_ids(s, [*expired, J.attempts >= J.max_attempts], _lost(db, now))
+    requeued = await changed_ids(s, expired, requeue_values(now, "lease expired"))
+    return RequeueReport(requeued=requeued, failed=failed, cancelled=cancelled)
+
+
+def _log_reaped(report: RequeueReport) -> None:
+    if report.requeued or report.failed or report.cancelled:
+        log.warning("expired leases: %s", report)
 
 
 def _lost(db: Database, now: datetime) -> dict[str, Any]:
