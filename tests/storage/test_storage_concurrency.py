@@ -17,6 +17,7 @@ from storage_helpers import embedding_bytes, make_user
 
 from storage import identities, jobs
 from storage.db import Database
+from storage.errors import LimitReached, NameTaken, QueueFull
 from storage.job_sql import JOBS
 from storage.records import JobRecord, ResultData
 from storage.schemas import ImagineParams, JobState, dump_params
@@ -218,3 +219,29 @@ async def test_concurrent_drain_stays_fair(db_url: str, db: Database) -> None:
     last_first = max(i for i, r in enumerate(ranks) if r == 1)
     first_third = min(i for i, r in enumerate(ranks) if r == 3)
     assert last_first < first_third, ranks
+
+
+async def test_concurrent_limits_hold(db: Database) -> None:
+    """Caps and the single default hold when one user's requests race."""
+    ((owner, ident),) = await _users_with_faces(db, 1)
+    params = ImagineParams(identity_id=ident, prompt="x")
+    tries = [jobs.enqueue(db, owner, params, max_active=3) for _ in range(8)]
+    outcomes = await asyncio.gather(*tries, return_exceptions=True)
+    assert sum(not isinstance(o, BaseException) for o in outcomes) == 3
+    assert all(isinstance(o, QueueFull) for o in outcomes if isinstance(o, BaseException))
+
+    fresh = await make_user(db, "fresh")
+    face = embedding_bytes()
+    saves = [
+        identities.save_identity(db, fresh.id, f"n{i}", face, max_per_user=3) for i in range(6)
+    ]
+    saved = await asyncio.gather(*saves, return_exceptions=True)
+    assert sum(not isinstance(o, BaseException) for o in saved) == 3
+    assert all(isinstance(o, LimitReached) for o in saved if isinstance(o, BaseException))
+    listed = await identities.list_identities(db, fresh.id)
+    assert len(listed) == 3 and sum(i.is_default for i in listed) == 1
+
+    same = [identities.save_identity(db, owner, "twin", face) for _ in range(4)]
+    twins = await asyncio.gather(*same, return_exceptions=True)
+    assert sum(not isinstance(o, BaseException) for o in twins) == 1
+    assert all(isinstance(o, NameTaken) for o in twins if isinstance(o, BaseException))
