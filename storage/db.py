@@ -2,8 +2,11 @@
 
 Public API:
     DEFAULT_URL
-    Limits(max_active_jobs, max_identities, max_attempts, lease_seconds, import_max_bytes, ...)
-    Database.open(url=DEFAULT_URL, *, check=True, limits=None) -> Database   (async)
+    Limits(max_active_jobs=5, max_identities=20, max_attempts=3, lease_seconds=120.0,
+           import_max_bytes=16 MiB, max_refs=16, keep_inputs=False)
+    Limits.from_settings(settings) -> Limits           (from storage.config.Settings)
+    Database(engine, limits=None)
+    Database.open(url=DEFAULT_URL, *, check=True, limits=None, pool_size=None)  (async)
     Database.close()                                                          (async)
     Database.session() / Database.transaction()  -> async context managers of AsyncSession
     create_engine(url) -> AsyncEngine
@@ -54,6 +57,17 @@ class Limits:
     import_max_bytes: int = 16 * 1024 * 1024
     max_refs: int = 16
     keep_inputs: bool = False
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> Limits:
+        """Limits from a ``storage.config.Settings`` (limits, queue and storage sections)."""
+        return cls(
+            max_active_jobs=settings.limits.max_queued_per_user,
+            max_identities=settings.limits.max_identities_per_user,
+            max_attempts=settings.queue.max_attempts,
+            lease_seconds=settings.queue.lease_seconds,
+            keep_inputs=settings.storage.keep_source_photos,
+        )
 
 
 def _is_sqlite(url: str) -> bool:
@@ -112,10 +126,16 @@ class Database:
 
     @classmethod
     async def open(
-        cls, url: str = DEFAULT_URL, *, check: bool = True, limits: Limits | None = None
+        cls,
+        url: str = DEFAULT_URL,
+        *,
+        check: bool = True,
+        limits: Limits | None = None,
+        pool_size: int | None = None,
     ) -> Database:
         """Connect; with ``check`` refuse a schema that is missing, older or newer."""
-        db = cls(create_engine(url), limits)
+        kwargs = {} if pool_size is None else {"pool_size": pool_size}
+        db = cls(create_engine(url, **kwargs), limits)
         if check:
             try:
                 await check_schema(db)

@@ -116,3 +116,20 @@ async def test_sqlite_pragmas(sqlite_db: Database) -> None:
         assert (await s.scalar(text("PRAGMA journal_mode"))) == "wal"
         assert (await s.scalar(text("PRAGMA foreign_keys"))) == 1
         assert (await s.scalar(text("PRAGMA busy_timeout"))) == storage_db.SQLITE_BUSY_TIMEOUT_MS
+
+
+async def test_limits_from_settings_and_pool_size(tmp_path: Path) -> None:
+    from storage.config import Settings
+    from storage.db import Limits
+
+    settings = Settings()
+    limits = Limits.from_settings(settings)
+    assert limits.max_identities == settings.limits.max_identities_per_user
+    assert limits.max_active_jobs == settings.limits.max_queued_per_user
+    assert limits.lease_seconds == settings.queue.lease_seconds
+    assert limits.keep_inputs is settings.storage.keep_source_photos
+    url = sqlite_url(tmp_path / "p.db")
+    await upgrade(url)
+    db = await Database.open(url, limits=limits, pool_size=2)
+    assert db.limits is limits and db.engine.pool.size() == 2  # type: ignore[attr-defined]
+    await db.close()
