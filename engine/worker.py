@@ -233,8 +233,10 @@ class Worker:
             ending = await shielded(self._done(job, outcome, started))
         finally:
             self._stop_watching()
-        if out_of_memory:
-            free_memory(self.engine)
+        if out_of_memory:  # the exception and its frames are gone: their tensors can go too
+            await asyncio.get_running_loop().run_in_executor(
+                self.executor, free_memory, self.engine
+            )
         self.endings[ending] += 1
         return ending
 
