@@ -10,6 +10,7 @@ import asyncio
 import json
 from collections import Counter
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 
 import insightface
@@ -89,6 +90,25 @@ async def test_face_add_then_more_saves_a_fused_identity(db, engine) -> None:
             "face thumbnail",
         )
         assert AI_TAG_KEY not in meta  # a crop of the user's own photo, not a generated image
+
+
+async def test_a_face_saved_before_a_crash_is_not_saved_twice_on_the_rerun(db, engine) -> None:
+    """The worker died between saving the face and finishing the job: the re-run adopts it."""
+    owner = await make_user(db)
+    data, thumb = astronaut_identity()  # what the dead worker computed from the same upload
+    for params in (FaceParams(name="astro"), FaceParams(name="astro", mode=FaceMode.MORE)):
+        queued = await jobs.enqueue(db, owner, params, input_blob=astronaut_face_png())
+        dead = await jobs.claim(db, "dead-worker")
+        if params.mode is FaceMode.ADD:
+            await identities.save_identity(db, owner, "astro", data, thumbnail=thumb)
+        else:
+            await identities.add_reference(db, owner, "astro", data)
+        expired = dead.lease_expires + timedelta(seconds=1)
+        assert (await jobs.requeue_expired(db, now=expired)).requeued == [queued.job_id]
+        await drain(db, engine)
+        done = await job(db, queued.job_id)
+        assert (done.state, done.attempts) == (JobState.DONE, 2), done.error_user
+    assert (await identities.get_identity(db, owner, "astro")).n_refs == 2
 
 
 @pytest.mark.parametrize(
