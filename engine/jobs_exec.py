@@ -104,8 +104,9 @@ async def run_face(ctx: JobContext) -> JobOutcome:
         record = await _add_face(ctx, params, data, embedding, face.thumbnail_png)
     else:
         record = await _more_face(ctx, params, data, embedding)
-    png = _face_png(ctx, face.thumbnail_png, record)
-    return JobOutcome([ResultData(index=0, png=png)], join_notes(face.quality_note))
+    note = join_notes(face.quality_note)
+    png = _face_png(ctx, face.thumbnail_png, record, note)
+    return JobOutcome([ResultData(index=0, png=png)], note)
 
 
 def _encode_upload(
@@ -175,11 +176,14 @@ async def _saved_by_earlier_attempt(
     return record
 
 
-def _face_png(ctx: JobContext, thumbnail_png: bytes, record: IdentityRecord) -> bytes:
+def _face_png(
+    ctx: JobContext, thumbnail_png: bytes, record: IdentityRecord, note: str | None
+) -> bytes:
     """The saved face's thumbnail, labelled (a crop of the upload, so no AI-generated tag)."""
+    meta = {"kind": "face thumbnail", "face": record.name, "weights": record.fingerprint}
+    meta |= ctx.extra_metadata() | ({"note": note} if note else {})
     with Image.open(io.BytesIO(thumbnail_png)) as img:
-        meta = {"kind": "face thumbnail", "face": record.name, "weights": record.fingerprint}
-        return png_bytes(img.convert("RGB"), meta | ctx.extra_metadata())
+        return png_bytes(img.convert("RGB"), meta)
 
 
 # --- imagine and batch ------------------------------------------------------------------------

@@ -90,6 +90,7 @@ async def test_face_add_then_more_saves_a_fused_identity(db, engine) -> None:
             "face thumbnail",
         )
         assert AI_TAG_KEY not in meta  # a crop of the user's own photo, not a generated image
+        assert "Haar fallback" in meta["note"]  # the tiny preset's detector says it is weaker
 
 
 async def test_a_face_saved_before_a_crash_is_not_saved_twice_on_the_rerun(db, engine) -> None:
