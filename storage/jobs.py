@@ -6,12 +6,26 @@ worker that lost its lease can never finish a job twice. ``worker_id`` must be u
 worker process. Claim order is defined in storage.fairness.
 
 Public API (all async, ``db`` first; everything is importable from this module):
-    enqueue(db, owner_id, params, *, delivery=None, input_blob=None, max_attempts=None,
-            max_active=None) -> Enqueued                        (NotFound, Banned, QueueFull,
+    enqueue(db, owner_id, params, *, delivery=None, input_blob=None, input_from=None,
+            max_attempts=None, max_active=None) -> Enqueued     (NotFound, Banned, QueueFull,
                                                                  NameTaken)
     cancel(db, owner_id, job_id) -> JobState                    (NotFound, InvalidState)
+    delete_job(db, owner_id, job_id) -> None                    (NotFound, InvalidState)
     mark_delivered(db, job_id) -> bool                          (idempotent)
+    set_delivery_ref(db, job_id, *, message_ref=None, extra=None) -> bool
     prune(db, *, older_than_days, now=None) -> PruneReport
+  face requests held for the owner's consent (storage.job_holds):
+    hold(db, owner_id, params, *, delivery=None, input_blob) -> int     (NotFound, Banned,
+                                                                          NameTaken)
+    release_held(db, owner_id, *, max_attempts=None, max_active=None) -> Enqueued | None
+    drop_held(db, owner_id) -> int
+
+Uploads (``input_blob``) are dropped when a job ends, unless the host keeps inputs, with one
+exception: a face job refused because its photo shows several faces (it fails after storing
+a preview, see storage.leases.fail) keeps its upload until the owner answers with a face
+choice — ``enqueue(..., input_from=<that job>)`` moves the upload to the new job — or until
+retention prunes the job. A face request held for consent (storage.job_holds) keeps its
+upload the same way. Both are the owner's own pending uploads, erased by erase_user too.
   worker side (storage.leases):
     claim(db, worker_id, *, kinds=None, lease_seconds=None, reap=True, now=None)
         -> JobRecord | None
@@ -31,26 +45,24 @@ Public API (all async, ``db`` first; everything is importable from this module):
 
 from __future__ import annotations
 
-import json
 import logging
+from collections.abc import Mapping
 from datetime import datetime, timedelta
-from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from storage import fairness
 from storage.db import Database
-from storage.errors import Banned, InvalidState, NameTaken, NotFound, QueueFull
+from storage.errors import InvalidState, NotFound
+from storage.job_holds import drop_held, hold, release_held
+from storage.job_insert import insert_job, new_job, validated
 from storage.job_queries import count_active, get_job, list_jobs, queue_position, undelivered
 from storage.job_sql import (
     FINISHED,
-    IDENTITIES,
     JOBS,
     QUEUED,
     RESULTS,
     RUNNING,
-    USERS,
     J,
     closing,
     guarded,
@@ -67,7 +79,7 @@ from storage.leases import (
 )
 from storage.models import utcnow
 from storage.records import Enqueued, Params, PruneReport
-from storage.schemas import Delivery, FaceMode, FaceParams, JobState, dump_params, load_params
+from storage.schemas import Delivery, FaceParams, JobKind, JobState
 
 log = logging.getLogger(__name__)
 
@@ -79,101 +91,46 @@ async def enqueue(
     *,
     delivery: Delivery | None = None,
     input_blob: bytes | None = None,
+    input_from: int | None = None,
     max_attempts: int | None = None,
     max_active: int | None = None,
 ) -> Enqueued:
     """Insert a validated job and return its id and estimated queue position.
 
     Refuses unknown or banned users, users at their cap of queued+running jobs, faces that
-    are not the user's, and face jobs without the uploaded image.
+    are not the user's, and face jobs without the uploaded image. ``input_from`` names one of
+    the owner's finished face jobs that kept its upload (several faces found): the upload
+    moves from that job to this one, in the same transaction (NotFound once it is gone).
     """
-    envelope = json.loads(dump_params(params))
-    typed = load_params(envelope)  # re-validates objects built without validation too
-    if isinstance(typed, FaceParams) and not input_blob:
+    typed, envelope = validated(params)
+    if input_from is not None and input_blob is not None:
+        raise ValueError("give input_blob or input_from, not both")
+    if isinstance(typed, FaceParams) and not (input_blob or input_from is not None):
         raise ValueError("face jobs need the uploaded image in input_blob")
     limit = db.limits.max_active_jobs if max_active is None else max_active
-    values = _new_job(owner_id, typed.kind.value, envelope, delivery, input_blob)
-    values["max_attempts"] = max_attempts or db.limits.max_attempts
     async with db.transaction() as s:
-        await _check_user(s, owner_id)
-        await _check_cap(s, owner_id, limit)
-        await _check_references(s, owner_id, typed)
-        job_id = await s.scalar(insert(JOBS).values(**values).returning(J.id))
-        assert job_id is not None
-        total = USERS.c.jobs_total + 1
-        await s.execute(update(USERS).where(USERS.c.id == owner_id).values(jobs_total=total))
-        position = await fairness.position_of(s, owner_id, job_id, values["created_at"])
-    log.info("job %s queued: %s for user %s, position %s", job_id, typed.kind, owner_id, position)
-    return Enqueued(job_id=job_id, position=position)
-
-
-async def _check_user(s: AsyncSession, owner_id: int) -> None:
-    query = select(USERS.c.banned).where(USERS.c.id == owner_id).with_for_update()
-    banned = await s.scalar(query)  # the lock makes the cap check race-free on PostgreSQL
-    if banned is None:
-        raise NotFound("Unknown user.", detail=f"user {owner_id}")
-    if banned:
-        raise Banned()
-
-
-async def _check_cap(s: AsyncSession, owner_id: int, limit: int) -> None:
-    active = await s.scalar(
-        select(func.count())
-        .select_from(JOBS)
-        .where(J.owner_id == owner_id, J.state.in_([QUEUED, RUNNING]))
+        if input_from is not None:
+            input_blob = await _take_input(s, db, owner_id, input_from)
+        values = new_job(owner_id, typed.kind.value, envelope, delivery, input_blob)
+        values["max_attempts"] = max_attempts or db.limits.max_attempts
+        queued = await insert_job(s, owner_id, typed, values, limit)
+    log.info(
+        "job %s queued: %s for user %s, position %s",
+        *(queued.job_id, typed.kind, owner_id, queued.position),
     )
-    if int(active or 0) >= limit:
-        raise QueueFull(
-            f"You already have {limit} jobs waiting or running; "
-            "wait for one to finish or cancel one."
-        )
+    return queued
 
 
-async def _check_references(s: AsyncSession, owner_id: int, params: Params) -> None:
-    """Faces named or referenced by id must belong to the owner (a foreign id = unknown)."""
-    ident = IDENTITIES.c
-    if not isinstance(params, FaceParams):
-        owner = await s.scalar(select(ident.owner_id).where(ident.id == params.identity_id))
-        if owner is None or owner != owner_id:
-            raise NotFound("That face does not exist.")
-        return
-    found = await s.scalar(
-        select(ident.id).where(
-            ident.owner_id == owner_id, func.lower(ident.name) == params.name.lower()
-        )
-    )
-    if params.mode is FaceMode.ADD and found is not None:
-        raise NameTaken(f"You already have a face named '{params.name}'.")
-    if params.mode is FaceMode.MORE and found is None:
-        raise NotFound(f"You have no face named '{params.name}'.")
-
-
-def _new_job(
-    owner_id: int,
-    kind: str,
-    envelope: dict[str, Any],
-    delivery: Delivery | None,
-    input_blob: bytes | None,
-) -> dict[str, Any]:
-    now = utcnow()
-    return {
-        "owner_id": owner_id,
-        "kind": kind,
-        "params": envelope,
-        "input_blob": input_blob,
-        "state": QUEUED,
-        "attempts": 0,
-        "progress_step": 0,
-        "progress_total": 0,
-        "cancel_requested": False,
-        "delivery_platform": delivery.platform if delivery else None,
-        "delivery_channel": delivery.channel_id if delivery else None,
-        "delivery_message": delivery.message_ref if delivery else None,
-        "delivery_extra": dict(delivery.extra) if delivery else {},
-        "delivered": False,
-        "created_at": now,
-        "updated_at": now,
-    }
+async def _take_input(s: AsyncSession, db: Database, owner_id: int, job_id: int) -> bytes:
+    """The upload a finished face job of the owner kept; cleared there unless inputs are kept."""
+    mine = [J.id == job_id, J.owner_id == owner_id, J.kind == JobKind.FACE.value]
+    query = select(J.input_blob).where(*mine, J.state.in_(FINISHED)).with_for_update()
+    data = await s.scalar(query)
+    if not data:
+        raise NotFound(f"The photo of job {job_id} is no longer stored; send it again.")
+    if not db.limits.keep_inputs:
+        await s.execute(update(JOBS).where(*mine).values(input_blob=None))
+    return bytes(data)
 
 
 async def cancel(db: Database, owner_id: int, job_id: int) -> JobState:
@@ -207,6 +164,57 @@ async def mark_delivered(db: Database, job_id: int) -> bool:
     return changed is not None
 
 
+async def delete_job(db: Database, owner_id: int, job_id: int) -> None:
+    """Delete one of the owner's finished jobs with its results, in one transaction.
+
+    Only finished jobs (done, failed, cancelled) can be deleted: a queued or running one
+    raises InvalidState (cancel it first; a worker may be writing its results). An unknown
+    or foreign job raises NotFound.
+    """
+    mine = [J.id == job_id, J.owner_id == owner_id]
+    async with db.transaction() as s:
+        state = await s.scalar(select(J.state).where(*mine).with_for_update())
+        if state is None:
+            raise NotFound(f"You have no job {job_id}.")
+        if state not in FINISHED:
+            raise InvalidState(f"Job {job_id} is still {state}; cancel it first.")
+        images = await rowcount(s, delete(RESULTS).where(RESULTS.c.job_id == job_id))
+        await s.execute(delete(JOBS).where(*mine))
+    log.info("job %s of user %s deleted by its owner (%s results)", job_id, owner_id, images)
+
+
+async def set_delivery_ref(
+    db: Database,
+    job_id: int,
+    *,
+    message_ref: str | None = None,
+    extra: Mapping[str, str] | None = None,
+) -> bool:
+    """Record what an adapter learnt after sending a job's receipt (e.g. its message id).
+
+    ``message_ref`` replaces the stored reference when given; ``extra`` is merged into the
+    stored extra entries. False when the job is unknown or has no delivery target.
+    """
+    async with db.transaction() as s:
+        query = select(J.delivery_platform, J.delivery_channel, J.delivery_message)
+        row = (
+            await s.execute(
+                query.add_columns(J.delivery_extra).where(J.id == job_id).with_for_update()
+            )
+        ).one_or_none()
+        if row is None or row.delivery_platform is None:
+            return False
+        merged = Delivery(
+            platform=row.delivery_platform,
+            channel_id=row.delivery_channel,
+            message_ref=row.delivery_message if message_ref is None else message_ref,
+            extra={**(row.delivery_extra or {}), **(extra or {})},
+        )
+        values = {"delivery_message": merged.message_ref, "delivery_extra": dict(merged.extra)}
+        await s.execute(update(JOBS).where(J.id == job_id).values(**values))
+    return True
+
+
 async def prune(
     db: Database, *, older_than_days: float, now: datetime | None = None
 ) -> PruneReport:
@@ -228,17 +236,22 @@ __all__ = [
     "cancel",
     "claim",
     "count_active",
+    "delete_job",
+    "drop_held",
     "enqueue",
     "fail",
     "finish",
     "get_job",
     "heartbeat",
+    "hold",
     "list_jobs",
     "mark_cancelled",
     "mark_delivered",
     "progress",
     "prune",
     "queue_position",
+    "release_held",
     "requeue_expired",
+    "set_delivery_ref",
     "undelivered",
 ]

@@ -18,7 +18,20 @@ from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, String, cast, delete, insert, literal, select, update
+from sqlalchemy import (
+    ColumnElement,
+    String,
+    and_,
+    case,
+    cast,
+    delete,
+    exists,
+    insert,
+    literal,
+    null,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage import fairness
@@ -235,7 +248,8 @@ async def fail(
     """Fail the job with a one-line message for the user and a detail for the log.
 
     With ``retry`` the job is re-queued instead while attempts remain. Returns False if the
-    worker no longer holds the job.
+    worker no longer holds the job. A face job that stored a preview before failing (the
+    several-faces refusal) keeps its upload for the owner's face choice (storage.jobs).
     """
     now = utcnow()
     async with db.transaction() as s:
@@ -246,6 +260,8 @@ async def fail(
                 return True
         values = closing(db, JobState.FAILED, now)
         values.update(error_user=user_message, error_detail=detail)
+        if "input_blob" in values:
+            values["input_blob"] = _kept_for_face_choice()
         row = await guarded_row(s, held(job_id, worker_id), values)
     if row is None:
         log.warning("job %s: fail by %s refused, lease lost", job_id, worker_id)
@@ -255,6 +271,13 @@ async def fail(
         *(job_id, row.attempts, elapsed(row, now), user_message, detail),
     )
     return True
+
+
+def _kept_for_face_choice() -> ColumnElement[Any]:
+    """The upload of a face job refused with a preview (several faces), else NULL."""
+    preview = exists().where(RESULTS.c.job_id == J.id, RESULTS.c.kind == ResultKind.PREVIEW.value)
+    face = and_(J.kind == JobKind.FACE.value, preview)
+    return case((face, J.input_blob), else_=null())
 
 
 async def mark_cancelled(db: Database, job_id: int, worker_id: str) -> bool:

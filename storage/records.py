@@ -26,6 +26,9 @@ from storage.schemas import (
 
 Params = FaceParams | ImagineParams | BatchParams | CompareParams
 
+#: ``error_detail`` of a face request held for its owner's consent (storage.job_holds).
+HELD_DETAIL = "held: waiting for the owner's consent"
+
 
 @dataclass(frozen=True)
 class UserRecord:
@@ -153,6 +156,11 @@ class JobRecord:
             finished_at=row.finished_at,
             input_blob=row.input_blob if with_input else None,
         )
+
+    @property
+    def held(self) -> bool:
+        """A face request waiting for its owner's consent, not a job that ran."""
+        return self.state is JobState.CANCELLED and self.error_detail == HELD_DETAIL
 
 
 def _delivery(row: Any) -> Delivery | None:
