@@ -43,18 +43,6 @@ class StartupError(RuntimeError):
     """The worker cannot start; the message is the one line the operator sees."""
 
 
-def database_limits(settings: Settings) -> Limits:
-    """The storage-side limits the settings imply (the same mapping the bot uses)."""
-    return Limits(
-        max_active_jobs=settings.limits.max_queued_per_user,
-        max_identities=settings.limits.max_identities_per_user,
-        max_attempts=settings.queue.max_attempts,
-        lease_seconds=settings.queue.lease_seconds,
-        import_max_bytes=settings.limits.max_upload_bytes,
-        keep_inputs=settings.storage.keep_source_photos,
-    )
-
-
 def make_worker_id(device: str) -> str:
     """Unique per process: host, pid, device and a random tail."""
     return f"{socket.gethostname()}:{os.getpid()}:{device}:{uuid.uuid4().hex[:6]}"
@@ -104,7 +92,7 @@ def load(settings: Settings, device: torch.device) -> Engine:
 
 async def open_database(settings: Settings) -> Database:
     try:
-        return await Database.open(settings.database.url, limits=database_limits(settings))
+        return await Database.open(settings.database.url, limits=Limits.from_settings(settings))
     except StorageError as exc:
         raise StartupError(exc.user_message) from exc
     except Exception as exc:  # driver errors: unreachable server, bad credentials, bad path
