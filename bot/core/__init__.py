@@ -26,6 +26,12 @@ Typed calls (for slash commands with options) — each ``async`` and returning a
     forget(caller); help(caller, topic=None); ban(caller, target); unban(caller, target)
     press(caller, action_id)                                   # every button of every adapter
 
+Two calls return data, not replies, and never raise for the user's sake::
+
+    face_names(caller, prefix="", limit=25) -> list[str]   # autocompletion: own faces only,
+                                                           # creates no user
+    remember_receipt(job_id, message_ref=None, *, extra=None) -> bool
+
 Text platforms use ``Dispatcher(core).handle(caller, text, uploads=(), open_file=None)``, which
 parses ``/command args`` (see ``/help``) and makes the same calls. No call raises for a user's
 mistake and none waits for a generation: failures come back as ``ReplyKind.ERROR`` replies,
@@ -42,13 +48,16 @@ remove_source=False)``:
   per row). When pressed, call ``core.press(presser, action_id)`` and send its reply.
 * ``ephemeral``: show only to the caller where the platform can (Discord); else send normally.
 * ``kind``: ``MESSAGE`` send it; ``RECEIPT`` send it and remember the sent message for
-  ``job_id``; ``PROGRESS`` edit that remembered message (or drop it); ``RESULT`` send a new
-  message (as a reply to ``message_ref`` where possible); ``ERROR`` a one-line failure.
+  ``job_id`` — in storage, with ``core.remember_receipt(job_id, extra={...})``, so that a
+  restarted bot still finds it in the job's ``Delivery``; ``PROGRESS`` edit that message (or
+  drop it); ``RESULT`` send a new message (as a reply to ``message_ref`` where possible);
+  ``ERROR`` a one-line failure.
 * ``remove_source``: the reply answers a button whose message should now be deleted
   (result "Delete", the ``/forget`` confirmation).
 
 Action ids (stateless, so buttons keep working after a restart; at most 40 ASCII characters):
-``rr:<job>`` re-roll · ``va:<job>:<i>`` vary image i · ``us:<job>:<i>`` use image i's seed ·
+``rr:<job>`` re-roll (new seeds) · ``va:<job>:<i>`` vary image i (same prompt, nearby seed) ·
+``us:<job>:<i>`` use image i's seed ·
 ``rm:<job>`` delete · ``cx:<job>`` cancel · ``fc:<job>:<n>`` choose face n of a group photo ·
 ``cs:<uid>:y|n`` consent · ``fg:<uid>:y|n`` confirm ``/forget``. Job buttons act only for the
 job's owner; consent and forget buttons carry the internal id of the one user they are for.
@@ -63,16 +72,19 @@ Each adapter runs one :class:`Deliverer` for its platform::
     await deliverer.run()   # until deliverer.stop(); deliverer.wake() polls at once
 
 ``send(delivery, reply)`` and ``progress(delivery, reply)`` are the adapter's async callbacks;
-``delivery`` is the :class:`storage.schemas.Delivery` (platform, channel_id, message_ref) the
-job was queued with. A job is marked delivered only after ``send`` returned without raising;
-a raising ``send`` is retried with backoff, and a restarted bot resumes every undelivered job.
+``delivery`` is the :class:`storage.schemas.Delivery` (platform, channel_id, message_ref,
+extra) the job was queued with, plus what ``remember_receipt`` added. A job is marked
+delivered only after ``send`` returned without raising; a raising ``send`` is retried with
+backoff, and a restarted bot resumes every undelivered job. A ``send`` that raises
+:class:`Undeliverable` (the chat is gone, the bot is blocked) ends the job's delivery: it is
+marked delivered with one log line and never retried.
 """
 
 from __future__ import annotations
 
 from bot.core.actions import Action, Verb, parse_action
 from bot.core.app import Core
-from bot.core.delivery import Deliverer, SendFn
+from bot.core.delivery import Deliverer, SendFn, Undeliverable
 from bot.core.dispatch import Dispatcher
 from bot.core.errors import UserError
 from bot.core.messages import Attachment, Button, ButtonStyle, Caller, Reply, ReplyKind
@@ -89,6 +101,7 @@ __all__ = [
     "Reply",
     "ReplyKind",
     "SendFn",
+    "Undeliverable",
     "UserError",
     "Verb",
     "parse_action",

@@ -36,6 +36,8 @@ class AccountCommands(GenerateCommands):
 
     async def _job_line(self, job: JobRecord) -> str:
         head = f"#{job.id} {job.kind.value}"
+        if job.held:
+            return f"{head}: waiting for you to accept the terms"
         if job.state is JobState.QUEUED:
             return f"{head}: queued, position {await jobs.queue_position(self.db, job.id)}"
         if job.state is JobState.RUNNING and job.progress_total:

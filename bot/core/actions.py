@@ -3,7 +3,7 @@
 Grammar (each id is ASCII and at most 40 characters, inside Discord's 100 and Telegram's 64)::
 
     rr:<job>        re-roll: the same job again with fresh random seeds
-    va:<job>:<i>    vary: image <i> of <job> again, same seed, guidance nudged
+    va:<job>:<i>    vary: image <i> of <job> again, same prompt and settings, a nearby seed
     us:<job>:<i>    use seed: make the seed of image <i> the presser's default
     rm:<job>        delete: the job and its images (the adapter removes the message)
     cx:<job>        cancel a queued or running job

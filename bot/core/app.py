@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
+
 from bot.core.base import database_limits
 from bot.core.buttons import ButtonCommands
+from storage import jobs
 from storage.config import Settings
 from storage.db import Database
+
+log = logging.getLogger(__name__)
 
 
 class Core(ButtonCommands):
@@ -23,3 +29,25 @@ class Core(ButtonCommands):
 
     async def close(self) -> None:
         await self.db.close()
+
+    async def remember_receipt(
+        self,
+        job_id: int,
+        message_ref: str | None = None,
+        *,
+        extra: Mapping[str, str] | None = None,
+    ) -> bool:
+        """Store where a job's receipt was sent, so a restarted bot can still edit it.
+
+        Adapters call this after sending a ``RECEIPT`` reply, with what they learnt (e.g.
+        ``extra={"receipt": "<chat>:<message>"}``); it comes back in the job's ``Delivery``.
+        ``message_ref`` replaces the reference the job was queued with. Never raises: False
+        when the job is gone or the write failed (logged).
+        """
+        try:
+            return await jobs.set_delivery_ref(
+                self.db, job_id, message_ref=message_ref, extra=extra
+            )
+        except Exception:
+            log.warning("job %s: receipt reference not stored", job_id, exc_info=True)
+            return False

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -24,8 +23,6 @@ P = ParamSpec("P")
 C = TypeVar("C", bound="CoreBase")
 Pending = Callable[[], Awaitable[Reply]]
 
-#: Uploads of face jobs kept in memory for face-choice buttons (when storage drops inputs).
-UPLOAD_CACHE_SIZE = 32
 BANNED = "You are banned from this bot. Ask its admins if you think this is a mistake."
 INTERNAL = "Something went wrong on our side; the error was logged. Please try again later."
 
@@ -62,8 +59,7 @@ class CoreBase:
         self.limits = settings.limits
         self.db = db
         self.moderation = Moderation(settings.moderation)
-        self._pending: dict[int, Pending] = {}
-        self._uploads: OrderedDict[int, tuple[int, bytes]] = OrderedDict()  # job → owner, data
+        self._pending: dict[int, Pending] = {}  # user → a face import waiting for consent
 
     async def guard(self, work: Awaitable[Reply]) -> Reply:
         """Await a command; user-caused failures become error replies, others are logged."""
@@ -104,31 +100,32 @@ class CoreBase:
             )
 
     async def _enqueue(
-        self, caller: Caller, user: UserRecord, params: Params, *, input_blob: bytes | None = None
+        self,
+        caller: Caller,
+        user: UserRecord,
+        params: Params,
+        *,
+        input_blob: bytes | None = None,
+        input_from: int | None = None,
     ) -> Reply:
-        """Rate-limit, queue the job with the caller as its delivery target, answer a receipt."""
+        """Rate-limit, queue the job with the caller as its delivery target, answer a receipt.
+
+        ``input_from``: a finished face job of the user's whose kept upload the job takes.
+        """
         await self._check_rate(user)
         queued = await jobs.enqueue(
-            self.db, user.id, params, delivery=caller.delivery(), input_blob=input_blob
+            self.db,
+            user.id,
+            params,
+            delivery=caller.delivery(),
+            input_blob=input_blob,
+            input_from=input_from,
         )
-        if input_blob is not None:
-            self._remember_upload(queued.job_id, user.id, input_blob)
         return render.receipt(queued.job_id, params.kind, queued.position)
 
-    def _remember_upload(self, job_id: int, owner_id: int, data: bytes) -> None:
-        self._uploads[job_id] = (owner_id, data)
-        while len(self._uploads) > UPLOAD_CACHE_SIZE:
-            self._uploads.popitem(last=False)
-
-    def _recall_upload(self, job_id: int, owner_id: int) -> bytes | None:
-        owner, data = self._uploads.get(job_id, (None, b""))
-        return data if owner == owner_id else None
-
     def _forget_user_state(self, user_id: int) -> None:
-        """Drop what memory holds for a user: a pending consent action, cached uploads."""
+        """Drop what memory holds for a user: a face import waiting for consent."""
         self._pending.pop(user_id, None)
-        for job_id in [j for j, (owner, _) in self._uploads.items() if owner == user_id]:
-            del self._uploads[job_id]
 
 
 def yes_no(

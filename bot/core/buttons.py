@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
-from bot.core import actions
+from bot.core import actions, render
 from bot.core.account import AccountCommands
 from bot.core.actions import Action, Verb
 from bot.core.base import command
-from bot.core.errors import BadInput, Forbidden, NotFound
+from bot.core.errors import BadInput, Forbidden
 from bot.core.messages import Caller, Reply
-from bot.core.removal import delete_finished_job
 from storage import jobs, results, users
 from storage.records import JobRecord, UserRecord
-from storage.schemas import FaceParams, ImagineParams, JobState
+from storage.schemas import FaceParams, ImagineParams
 
 NOT_YOURS = "This button is not for you."
-VARY_GUIDANCE_STEP = 0.5
+#: Vary moves the seed by 1..VARY_SPAN; each press (the user's job count) takes the next step.
+VARY_SPAN = 16
+SEEDS = 2**32
+
+
+def nearby_seed(seed: int, press: int) -> int:
+    """A seed next to ``seed``: ``seed + 1 + press % VARY_SPAN``, wrapping at 2³²."""
+    return (seed + 1 + press % VARY_SPAN) % SEEDS
 
 
 class ButtonCommands(AccountCommands):
@@ -56,12 +62,13 @@ class ButtonCommands(AccountCommands):
         return await self._enqueue(caller, user, job.params.model_copy(update={"settings": gs}))
 
     async def _vary(self, caller: Caller, user: UserRecord, job: JobRecord, index: int) -> Reply:
-        """Image ``index`` again: same prompt and seed, guidance nudged for a close variant."""
+        """Image ``index`` again: same prompt and settings, a nearby seed (another per press)."""
         image = await self._image(user, job, index)
         assert not isinstance(job.params, FaceParams)
-        g = job.params.settings.guidance
-        nudged = g + VARY_GUIDANCE_STEP if g + VARY_GUIDANCE_STEP <= 10 else g - VARY_GUIDANCE_STEP
-        gs = job.params.settings.model_copy(update={"seed": image.seed, "guidance": nudged})
+        if image.seed is None:
+            raise BadInput("that image has no recorded seed")
+        seed = nearby_seed(image.seed, user.jobs_total)
+        gs = job.params.settings.model_copy(update={"seed": seed})
         prompt = image.prompt or _prompt_of(job, index)
         params = ImagineParams(identity_id=job.params.identity_id, prompt=prompt, settings=gs)
         return await self._enqueue(caller, user, params)
@@ -84,8 +91,7 @@ class ButtonCommands(AccountCommands):
         return await results.get_result(self.db, user.id, job.id, index)
 
     async def _delete(self, caller: Caller, user: UserRecord, job: JobRecord, _: int) -> Reply:
-        await delete_finished_job(self.db, user.id, job.id)
-        self._uploads.pop(job.id, None)
+        await jobs.delete_job(self.db, user.id, job.id)
         return Reply(f"Deleted job #{job.id} and its images.", ephemeral=True, remove_source=True)
 
     async def _cancel(self, caller: Caller, user: UserRecord, job: JobRecord, _: int) -> Reply:
@@ -94,15 +100,18 @@ class ButtonCommands(AccountCommands):
     async def _face_choice(
         self, caller: Caller, user: UserRecord, job: JobRecord, number: int
     ) -> Reply:
-        """Redo a face job that found several faces, with face ``number``."""
-        if not isinstance(job.params, FaceParams) or job.state is not JobState.FAILED:
+        """Redo a face job that found several faces, with face ``number``.
+
+        The refused job kept its upload in storage (so this works after a restart too); the
+        new job takes it over, so each refusal is answered once.
+        """
+        count = render.faces_found(job)
+        if not isinstance(job.params, FaceParams) or count is None:
             raise BadInput("that face choice is no longer open")
-        full = await jobs.get_job(self.db, job.id, owner_id=user.id, with_input=True)
-        data = full.input_blob or self._recall_upload(job.id, user.id)
-        if not data:
-            raise NotFound(f"The photo is gone; send it again with: face {number}")
+        if not 1 <= number <= count:
+            raise BadInput(f"choose a face from 1 to {count}")
         params = job.params.model_copy(update={"face_index": number, "crop": None})
-        return await self._enqueue(caller, user, params, input_blob=data)
+        return await self._enqueue(caller, user, params, input_from=job.id)
 
 
 def _prompt_of(job: JobRecord, index: int) -> str:

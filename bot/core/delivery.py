@@ -2,8 +2,10 @@
 
 Each pass sends every finished-but-undelivered job of the platform to the adapter's ``send``
 callback and marks it delivered only after the callback returned; a failed send is retried
-with backoff (the job stays undelivered, so its results are kept until retention). Running
-jobs get throttled progress replies. After a restart the first pass resumes where it stopped.
+with backoff (the job stays undelivered, so its results are kept until retention), except
+when it raises :class:`Undeliverable`: the chat is gone or refuses the bot for good, so the
+job is marked delivered with one log line and never retried. Running jobs get throttled
+progress replies. After a restart the first pass resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -27,6 +29,11 @@ log = logging.getLogger(__name__)
 
 #: ``send(delivery, reply)``: post the reply where ``delivery`` says; raise if it failed.
 SendFn = Callable[[Delivery, Reply], Awaitable[None]]
+
+
+class Undeliverable(Exception):
+    """Raised by an adapter's ``send`` when the target can never be reached (the chat is gone,
+    the bot was blocked or removed): the job is marked delivered and not retried."""
 
 
 @dataclass
@@ -103,14 +110,21 @@ class Deliverer:
         try:
             reply = await self.build(job)
             await self._send(job.delivery, reply)
+        except Undeliverable as exc:
+            await self._done(job.id)
+            log.warning("job %s: undeliverable on %s, dropped: %s", job.id, self.platform, exc)
+            return 0
         except Exception:
             self._backoff(job.id)
             return 0
-        await jobs.mark_delivered(self.db, job.id)
-        self._retries.pop(job.id, None)
-        self._shown.pop(job.id, None)
+        await self._done(job.id)
         log.info("job %s delivered to %s", job.id, self.platform)
         return 1
+
+    async def _done(self, job_id: int) -> None:
+        await jobs.mark_delivered(self.db, job_id)
+        self._retries.pop(job_id, None)
+        self._shown.pop(job_id, None)
 
     def _backoff(self, job_id: int) -> None:
         retry = self._retries.setdefault(job_id, _Retry())
@@ -164,6 +178,9 @@ class Deliverer:
         self._shown[job.id] = (job.progress_step, now)
         try:
             await self._progress(job.delivery, render.progress(job))
+        except Undeliverable as exc:
+            log.info("job %s: progress not shown: %s", job.id, exc)
+            return 0
         except Exception:
             log.warning("job %s: progress update failed", job.id, exc_info=True)
             return 0

@@ -1,18 +1,28 @@
-"""The /face family: add, more, list, show, default, delete, export, import; and consent."""
+"""The /face family: add, more, list, show, default, delete, export, import; and consent.
+
+First use asks for consent. A face request sent before it is held in storage with its photo
+(storage.jobs.hold), not in memory: Accept queues it even after a bot restart, Decline erases
+it, and retention or /forget erase it if it is never answered. A face *import* waiting for
+consent is the one thing kept in memory (it needs no worker and is done at once on Accept);
+after a restart, Accept records the consent and asks for the file again.
+"""
 
 from __future__ import annotations
 
-from bot.core import actions, parsing
+from bot.core import actions, parsing, render
 from bot.core.base import CoreBase, command, yes_no
 from bot.core.errors import BadInput, LimitReached, NotFound
 from bot.core.messages import Attachment, Caller, Reply
 from bot.core.texts import consent_text
 from bot.core.uploads import check_crop, check_size, sniff_image
-from storage import identities, users, workers
+from storage import identities, jobs, users, workers
 from storage.records import IdentitySummary, UserRecord
-from storage.schemas import CropBox, FaceMode, FaceParams
+from storage.schemas import CropBox, FaceMode, FaceParams, JobKind
 
 NO_FACES = "You have no saved faces yet: /face add NAME with a photo."
+THANKS = "Thank you. Now send /face add NAME with a photo (or /face import the file again)."
+#: Discord shows at most 25 autocomplete choices.
+MAX_NAMES = 25
 
 
 class FaceCommands(CoreBase):
@@ -78,12 +88,12 @@ class FaceCommands(CoreBase):
     async def _with_consent(
         self, caller: Caller, user: UserRecord, params: FaceParams, data: bytes
     ) -> Reply:
-        async def go() -> Reply:
-            return await self._enqueue(caller, user, params, input_blob=data)
-
+        """Queue the face job, or hold it in storage until the user accepts the terms."""
         if user.consent_at is not None:
-            return await go()
-        self._pending[user.id] = go
+            return await self._enqueue(caller, user, params, input_blob=data)
+        await self._check_rate(user)
+        await jobs.hold(self.db, user.id, params, delivery=caller.delivery(), input_blob=data)
+        self._pending.pop(user.id, None)  # the newest request is the one that waits
         return self.consent_request(user)
 
     def consent_request(self, user: UserRecord) -> Reply:
@@ -94,14 +104,38 @@ class FaceCommands(CoreBase):
         return Reply(text=consent_text(self.config.storage), buttons=buttons, ephemeral=True)
 
     async def answer_consent(self, user: UserRecord, yes: bool) -> Reply:
-        """Record the answer; on Accept, queue the face job that was waiting for it."""
+        """Record the answer; on Accept, queue the face request that was waiting for it."""
         pending = self._pending.pop(user.id, None)
         if not yes:
+            await jobs.drop_held(self.db, user.id)
             return Reply("Declined: nothing was saved.", ephemeral=True)
         await users.record_consent(self.db, user.id)
+        queued = await jobs.release_held(self.db, user.id)
+        if queued is not None:
+            return render.receipt(queued.job_id, JobKind.FACE, queued.position)
         if pending is not None:
             return await pending()
-        return Reply("Thank you. Now send /face add NAME with a photo.", ephemeral=True)
+        return Reply(THANKS, ephemeral=True)
+
+    async def face_names(
+        self, caller: Caller, prefix: str = "", limit: int = MAX_NAMES
+    ) -> list[str]:
+        """The caller's own face names for autocompletion, at most ``limit``.
+
+        Names starting with ``prefix`` come first, then names containing it (both ignoring
+        case), each group alphabetical. Read-only: an unknown caller gets none and no user is
+        created; a banned one gets none.
+        """
+        user = await users.find_user(self.db, caller.platform, caller.user_id)
+        if user is None or user.banned:
+            return []
+        needle = prefix.strip().lower()
+        names = [f.name for f in await identities.list_identities(self.db, user.id)]
+        hits = sorted(
+            (n for n in names if needle in n.lower()),
+            key=lambda n: (not n.lower().startswith(needle), n.lower()),
+        )
+        return hits[: max(limit, 0)]
 
     @command
     async def face_list(self, caller: Caller) -> Reply:
@@ -166,6 +200,7 @@ class FaceCommands(CoreBase):
 
         if user.consent_at is not None:
             return await go()
+        await jobs.drop_held(self.db, user.id)  # the newest request is the one that waits
         self._pending[user.id] = go
         return self.consent_request(user)
 

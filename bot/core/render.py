@@ -85,13 +85,21 @@ def _reply(
     )
 
 
+def faces_found(job: JobRecord) -> int | None:
+    """How many faces a face job refused for (several faces, none chosen); else None."""
+    if job.kind is not JobKind.FACE or job.state is not JobState.FAILED:
+        return None
+    match = _SEVERAL_FACES.match(job.error_user or "")
+    return int(match.group(1)) if match else None
+
+
 def _failed(job: JobRecord, preview: bytes | None) -> Reply:
     message = job.error_user or "the job failed."
     text = f"Job #{job.id} failed: {message}"
-    match = _SEVERAL_FACES.match(message)
-    if job.kind is not JobKind.FACE or match is None:
+    found = faces_found(job)
+    if found is None:
         return _reply(job, text)
-    count = min(int(match.group(1)), MAX_FACE_BUTTONS)
+    count = min(found, MAX_FACE_BUTTONS)
     buttons = [Button(f"Face {n}", actions.face_choice(job.id, n)) for n in range(1, count + 1)]
     if not preview:
         return _reply(job, text, (), buttons)

@@ -36,7 +36,9 @@ TOPICS = {
 /face import FILE [NAME] — load a face exported from this bot (same models only)""",
     "imagine": """\
 /imagine PROMPT — one image of your default face. Choose another with --face NAME.
-Add parameters at the end, e.g. /imagine a chef in Paris --ar 3:4 --seed 7. See /help params.""",
+Add parameters at the end, e.g. /imagine a chef in Paris --ar 3:4 --seed 7. See /help params.
+Buttons under an image: Re-roll (new seed), Vary (same prompt, nearby seed),
+Use seed (make its seed your default), Delete (the job and its images; yours only).""",
     "params": """\
 --ar W:H  aspect ratio (sizes are multiples of 16, at most {max_pixels} pixels)
 --size WxH  exact size, multiples of 16
@@ -78,5 +80,11 @@ def help_text(topic: str | None, limits: LimitSettings) -> str:
 
 
 def consent_text(storage: StorageSettings) -> str:
-    photos = "kept" if storage.keep_source_photos else "not kept"
+    if storage.keep_source_photos:
+        return CONSENT.format(photos="kept")
+    days = f"{storage.result_retention_days:g}"
+    photos = (
+        "not kept once the face is saved (until then it waits for your answer here; "
+        f"Decline, /forget or {days} days erase it)"
+    )
     return CONSENT.format(photos=photos)

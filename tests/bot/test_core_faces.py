@@ -9,9 +9,11 @@ from bot_helpers import add_face, astronaut_png, button, deliver, photo, say
 from bot_worker_fixture import FixtureWorker
 from PIL import Image
 
+from bot.core import actions
 from bot.core.app import Core
 from bot.core.messages import Attachment, Caller, ReplyKind
 from storage import identities, jobs, users, workers
+from storage.config import Settings
 from storage.schemas import FaceMode, FaceParams, JobState
 
 
@@ -22,7 +24,10 @@ async def test_first_face_asks_consent_then_queues(core: Core, worker: FixtureWo
     assert [b.label for b in reply.buttons] == ["Accept", "Decline"]
     user = await users.find_user(core.db, "console", "alice")
     assert user is not None and user.consent_at is None
-    assert await jobs.list_jobs(core.db, owner_id=user.id) == []
+    [held] = await jobs.list_jobs(core.db, owner_id=user.id)  # held with its photo, not queued
+    assert held.held and await jobs.count_active(core.db, user.id) == 0
+    listing = await say(core, alice, "/jobs")
+    assert f"#{held.id} face: waiting for you to accept the terms" in listing.text
 
     receipt = await core.press(alice, button(reply, "Accept"))
     assert receipt.kind is ReplyKind.RECEIPT and receipt.job_id is not None
@@ -191,7 +196,85 @@ async def test_several_faces_offer_face_buttons(core: Core, alice: Caller) -> No
     assert chosen.kind is ReplyKind.RECEIPT
     job = await jobs.get_job(core.db, chosen.job_id or 0, with_input=True)
     assert isinstance(job.params, FaceParams) and job.params.face_index == 2
-    assert job.input_blob == astronaut_png()  # kept in memory although storage dropped it
+    assert job.input_blob == astronaut_png()  # the refused job kept it for this choice
     await group.drain()
     done = await jobs.get_job(core.db, chosen.job_id or 0)
     assert done.state is JobState.DONE
+    again = await core.press(alice, button(failed, "Face 3"))  # answered once: the photo moved
+    assert again.is_error and "no longer stored; send it again" in again.text
+    beyond = await core.press(alice, actions.face_choice(receipt.job_id or 0, 4))
+    assert beyond.is_error and beyond.text == "Choose a face from 1 to 3"
+
+
+async def test_face_choice_and_consent_survive_a_restart(
+    settings: Settings, core: Core, alice: Caller
+) -> None:
+    group = FixtureWorker(core.db, faces_in_photo=2)
+    ask = await say(core, alice, "/face add me", [photo()])
+    restarted = await Core.open(settings)  # a new bot process: nothing of the old memory
+    try:
+        receipt = await restarted.press(alice, button(ask, "Accept"))
+        assert receipt.kind is ReplyKind.RECEIPT, receipt.text
+        await group.drain()
+        [failed] = (await deliver(restarted)).for_job(receipt.job_id or 0)
+        again = await Core.open(settings)
+        chosen = await again.press(alice, button(failed, "Face 2"))
+        await again.close()
+    finally:
+        await restarted.close()
+    assert chosen.kind is ReplyKind.RECEIPT, chosen.text
+    job = await jobs.get_job(core.db, chosen.job_id or 0, with_input=True)
+    assert job.input_blob == astronaut_png() and isinstance(job.params, FaceParams)
+    assert job.params.face_index == 2
+    refused = await jobs.get_job(core.db, receipt.job_id or 0, with_input=True)
+    assert refused.input_blob is None
+
+
+async def test_decline_and_forget_erase_the_waiting_photo(core: Core, alice: Caller) -> None:
+    ask = await say(core, alice, "/face add me", [photo()])
+    user = await users.find_user(core.db, "console", "alice")
+    assert user is not None
+    assert (await core.press(alice, button(ask, "Decline"))).text.startswith("Declined")
+    assert await jobs.list_jobs(core.db, owner_id=user.id) == []
+    late = await core.press(alice, button(ask, "Accept"))  # nothing waits any more
+    assert late.text.startswith("Thank you. Now send /face add NAME")
+    group = FixtureWorker(core.db, faces_in_photo=2)
+    await say(core, alice, "/face add me", [photo()])
+    await group.drain()  # refused: several faces, the photo kept for a choice
+    [refused] = await jobs.list_jobs(core.db, owner_id=user.id)
+    assert (await jobs.get_job(core.db, refused.id, with_input=True)).input_blob
+    ask = await say(core, alice, "/forget")
+    await core.press(alice, button(ask, "Erase everything"))
+    assert await users.find_user(core.db, "console", "alice") is None
+
+
+async def test_the_newest_request_is_the_one_that_waits(
+    core: Core, worker: FixtureWorker, alice: Caller
+) -> None:
+    await add_face(core, worker, alice, "me")
+    file = (await say(core, alice, "/face export me")).files[0]
+    carol = Caller("console", "carol")
+    await say(core, carol, "/face add first", [photo()])
+    ask = await say(core, carol, "/face import second", [file])  # replaces the held photo
+    assert (await core.press(carol, button(ask, "Accept"))).text.startswith("Imported 'second'")
+    user = await users.find_user(core.db, "console", "carol")
+    assert user is not None and await jobs.list_jobs(core.db, owner_id=user.id) == []
+
+
+async def test_face_names_are_the_callers_own(
+    core: Core, worker: FixtureWorker, alice: Caller, bob: Caller
+) -> None:
+    for name in ("zed", "Anna", "banana", "ann2"):
+        await add_face(core, worker, alice, name)
+    await add_face(core, worker, bob, "another")
+    assert await core.face_names(alice) == ["ann2", "Anna", "banana", "zed"]
+    assert await core.face_names(alice, "an") == ["ann2", "Anna", "banana"]
+    assert await core.face_names(alice, " AN ", limit=2) == ["ann2", "Anna"]
+    assert await core.face_names(alice, "q") == []
+    stranger = Caller("console", "stranger")
+    assert await core.face_names(stranger) == []
+    assert await users.find_user(core.db, "console", "stranger") is None
+    alice_row = await users.find_user(core.db, "console", "alice")
+    assert alice_row is not None
+    await users.ban_user(core.db, alice_row.id)
+    assert await core.face_names(alice) == []

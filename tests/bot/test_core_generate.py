@@ -8,7 +8,9 @@ import pytest
 from bot_helpers import add_face, button, deliver, say
 from bot_worker_fixture import BUILT_IN_COMPARE, FixtureWorker
 
+from bot.core import actions
 from bot.core.app import Core
+from bot.core.buttons import VARY_SPAN, nearby_seed
 from bot.core.messages import Caller, Reply, ReplyKind
 from bot.core.moderation import Moderation
 from storage import jobs, users
@@ -142,8 +144,14 @@ async def test_result_buttons(
     rerolled = await _params(core, reroll)
     assert isinstance(rerolled, ImagineParams) and rerolled.settings.seed is None
     assert rerolled.prompt == "a chef"
-    vary = await _params(core, await core.press(alice, button(result, "Vary")))
-    assert vary.settings.seed == 11 and vary.settings.guidance == 4.5
+    original = (await jobs.get_job(core.db, receipt.job_id or 0)).params
+    presses = [await core.press(alice, button(result, "Vary")) for _ in "ab"]
+    varied = [await _params(core, p) for p in presses]
+    seeds = [v.settings.seed or 0 for v in varied]
+    assert all(11 < s <= 11 + VARY_SPAN for s in seeds) and seeds[0] != seeds[1]
+    for v in varied:  # same prompt and settings, only the seed moved
+        assert isinstance(v, ImagineParams) and v.prompt == "a chef"
+        assert v.settings.model_copy(update={"seed": 11}) == original.settings
     seed = await core.press(alice, button(result, "Use seed"))
     assert seed.text.startswith("Seed 11 is now your default")
     assert (await _params(core, await say(core, alice, "/imagine x"))).settings.seed == 11
@@ -152,6 +160,11 @@ async def test_result_buttons(
         foreign = await core.press(bob, button(result, label))
         assert foreign.is_error and foreign.text == f"You have no job {receipt.job_id}."
 
+    queued = await core.press(alice, actions.delete(presses[0].job_id or 0))
+    assert (
+        queued.is_error
+        and queued.text == f"Job {presses[0].job_id} is still queued; cancel it first."
+    )
     busy = await core.press(alice, button(reroll, "Cancel"))
     assert busy.text == f"Job #{reroll.job_id} cancelled."
     deleted = await core.press(alice, button(result, "Delete"))
@@ -161,6 +174,13 @@ async def test_result_buttons(
         await jobs.get_job(core.db, receipt.job_id or 0)
     again = await core.press(alice, button(result, "Delete"))
     assert again.is_error
+
+
+def test_nearby_seeds_move_with_each_press_and_wrap() -> None:
+    assert [nearby_seed(11, press) for press in (0, 1, VARY_SPAN - 1, VARY_SPAN)] == [
+        12, 13, 11 + VARY_SPAN, 12,
+    ]  # fmt: skip
+    assert nearby_seed(2**32 - 1, 0) == 0
 
 
 async def test_bad_action_ids_are_refused(core: Core, alice: Caller) -> None:

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 from bot_helpers import Inbox, add_face, say
 from bot_worker_fixture import FixtureWorker
 
 from bot.core.app import Core
-from bot.core.delivery import Deliverer, prune_expired
-from bot.core.messages import Caller, ReplyKind
+from bot.core.delivery import Deliverer, Undeliverable, prune_expired
+from bot.core.messages import Caller, Reply, ReplyKind
 from storage import jobs
 from storage.errors import NotFound
-from storage.schemas import JobState
+from storage.schemas import Delivery, JobState
 
 
 class Clock:
@@ -137,3 +138,48 @@ async def test_retention_prunes_undelivered_results(
     with pytest.raises(NotFound):
         await jobs.get_job(core.db, receipt.job_id or 0)
     assert (await jobs.get_job(core.db, waiting.job_id or 0)).state is JobState.QUEUED
+
+
+class GoneChat:
+    """A send callback whose chat is gone for good."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def __call__(self, delivery: Delivery, reply: Reply) -> None:
+        self.calls += 1
+        raise Undeliverable("chat not found")
+
+
+async def test_an_undeliverable_result_is_dropped_once(
+    core: Core, worker: FixtureWorker, alice: Caller, caplog: pytest.LogCaptureFixture
+) -> None:
+    receipt = await add_face(core, worker, alice)
+    gone = GoneChat()
+    deliverer = Deliverer(core.db, "console", gone, progress=gone)
+    with caplog.at_level(logging.INFO, logger="bot.core.delivery"):
+        assert await deliverer.run_once() == 0
+        assert await deliverer.run_once() == 0
+    assert gone.calls == 1  # marked delivered: never tried again, no backoff
+    assert (await jobs.get_job(core.db, receipt.job_id or 0)).delivered
+    lines = [r for r in caplog.records if r.name == "bot.core.delivery"]
+    assert [r.levelno for r in lines] == [logging.WARNING]
+    assert "undeliverable on console" in lines[0].getMessage() and not lines[0].exc_info
+
+
+async def test_a_remembered_receipt_comes_back_with_the_delivery(
+    core: Core, worker: FixtureWorker, alice: Caller
+) -> None:
+    await add_face(core, worker, alice)
+    await Deliverer(core.db, "console", Inbox()).run_once()
+    receipt = await say(core, alice, "/imagine a cat")
+    assert await core.remember_receipt(receipt.job_id or 0, extra={"receipt": "alice:41"})
+    assert not await core.remember_receipt(999_999, extra={"receipt": "x:1"})
+    assert not await core.remember_receipt(receipt.job_id or 0, "x" * 300)  # logged, not raised
+    progress, results = Inbox(), Inbox()
+    restarted = Deliverer(core.db, "console", results, progress=progress)  # a new process
+    await worker.drain()
+    await restarted.run_once()
+    [(delivery, reply)] = results.replies
+    assert reply.job_id == receipt.job_id
+    assert delivery.extra == {"receipt": "alice:41"} and delivery.channel_id == "alice"

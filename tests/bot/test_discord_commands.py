@@ -98,7 +98,8 @@ async def test_first_face_add_asks_consent_privately(h: Harness) -> None:
     assert call.labels == ["Accept", "Decline"]
     user = await users.find_user(h.core.db, "discord", str(ALICE))
     assert call.custom_ids == [f"pb:cs:{user.id}:y", f"pb:cs:{user.id}:n"]
-    assert await jobs.list_jobs(h.core.db, owner_id=user.id) == []
+    [held] = await jobs.list_jobs(h.core.db, owner_id=user.id)  # waits in storage, not queued
+    assert held.held and await jobs.count_active(h.core.db, user.id) == 0
 
 
 async def test_slow_download_is_deferred_then_the_receipt_replaces_it(h: Harness) -> None:
