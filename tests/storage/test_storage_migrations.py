@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from conftest import create_pg_database, drop_pg_database, pg_base_url, sqlite_url
+from pg_support import create_pg_database, drop_pg_database, pg_base_url, sqlite_url
 from sqlalchemy import inspect, text
 
 from storage import db as storage_db
