@@ -25,7 +25,7 @@ from bot.core.errors import BadInput
 from bot.core.messages import Reply, error_reply
 from bot.discord import respond
 from bot.discord.account import AccountCog
-from bot.discord.context import Interaction, InteractionBook, caller_of
+from bot.discord.context import Interaction, InteractionBook, caller_of, receipt_ref
 from bot.discord.delivery import PROGRESS_SECONDS, DeliveryCog
 from bot.discord.faces import FaceCog
 from bot.discord.generate import GenerateCog
@@ -149,10 +149,19 @@ class PulidBot(commands.Bot):
         ``private`` is the visibility to defer with if the reply is slow: a guess, since the
         reply decides in the end; ``update`` acknowledges a button without a new message.
         """
-        within = self.answer_within
         return await respond.answer(
-            interaction, work, book=self.book, private=private, update=update, within=within
+            interaction,
+            work,
+            book=self.book,
+            private=private,
+            update=update,
+            within=self.answer_within,
+            remember=self.remember_receipt,
         )
+
+    async def remember_receipt(self, job_id: int, channel_id: int, message_id: int) -> None:
+        """Store a public receipt's place with its job, for progress and clean-up later."""
+        await self.core.remember_receipt(job_id, extra=receipt_ref(channel_id, message_id))
 
     async def press_button(self, interaction: Interaction, action_id: str) -> None:
         """A press of any :class:`ActionButton`, from this run or an earlier one."""

@@ -1,10 +1,12 @@
 """Who asked and where answers go: callers from interactions, and the interactions still usable.
 
 A job stores its channel and ``"<interaction id>:<user id>"`` as its delivery reference; the
-interaction token itself is never written anywhere. While it is valid (15 minutes) the live
-:class:`discord.Interaction` is kept in memory with the job's :class:`Receipt`, so progress
-edits the receipt and the result is a follow-up. After that, or after a restart, results go
-to the channel (or the DM).
+interaction token itself is never written anywhere. Once its public receipt is sent, the job
+also stores ``extra["receipt"] = "<channel id>:<message id>"`` (``core.remember_receipt``).
+While the token is valid (15 minutes) the live :class:`discord.Interaction` is kept in memory
+with the job's :class:`Receipt`, so progress edits the receipt through the interaction and the
+result is a follow-up. After that, or after a restart, progress edits the stored receipt
+message through its channel, and results go to the channel (or the DM).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ PLATFORM = "discord"
 #: An interaction is not used for a result this close to its 15-minute expiry.
 TOKEN_MARGIN = dt.timedelta(seconds=60)
 BOOK_SIZE = 2000
+#: The key of the receipt's ``"<channel id>:<message id>"`` in a job's ``Delivery.extra``.
+RECEIPT_KEY = "receipt"
 
 Interaction = discord.Interaction[Any]
 
@@ -43,18 +47,30 @@ def caller_of(interaction: Interaction) -> Caller:
 
 @dataclass(frozen=True)
 class Target:
-    """Where a delivery can go without the interaction: its channel, or the user's DMs."""
+    """Where a delivery can go without the interaction: its channel, or the user's DMs, and
+    the receipt message (channel id, message id) when it was stored."""
 
     channel_id: int | None
     user_id: int | None
     interaction_id: int | None
+    receipt: tuple[int, int] | None = None
 
 
 def target_of(delivery: Delivery) -> Target:
-    """Decode what :func:`caller_of` stored with a job."""
+    """Decode what :func:`caller_of` and :func:`receipt_ref` stored with a job."""
     channel = _snowflake(delivery.channel_id)
     interaction, _, user = (delivery.message_ref or "").partition(":")
-    return Target(channel, _snowflake(user), _snowflake(interaction))
+    where, _, message = delivery.extra.get(RECEIPT_KEY, "").partition(":")
+    receipt_channel, receipt_message = _snowflake(where), _snowflake(message)
+    receipt = None
+    if receipt_channel is not None and receipt_message is not None:
+        receipt = (receipt_channel, receipt_message)
+    return Target(channel, _snowflake(user), _snowflake(interaction), receipt)
+
+
+def receipt_ref(channel_id: int, message_id: int) -> dict[str, str]:
+    """The ``extra`` entry that records where a job's public receipt is."""
+    return {RECEIPT_KEY: f"{channel_id}:{message_id}"}
 
 
 def _snowflake(text: str | None) -> int | None:

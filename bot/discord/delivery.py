@@ -4,7 +4,12 @@ The core's :class:`~bot.core.delivery.Deliverer` finds finished, undelivered job
 database and hands each to :meth:`DiscordDelivery.send`; the job is marked delivered only once
 that returned. While the job's interaction is alive the result is a follow-up to it (no
 channel permission needed); afterwards, or after a restart, a channel message — and when the
-channel refuses, a direct message to the job's owner.
+channel refuses, a direct message to the job's owner. When the DM is refused too (or the
+channel is gone and the owner unknown) the job is :class:`Undeliverable`: dropped, not retried.
+
+Progress edits the receipt: through the interaction while its token lives, afterwards (or
+after a restart) through the receipt's channel and message id stored with the job. The same
+stored id takes the receipt's Cancel button off once the result is out.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import discord
 from discord.ext import commands
 
-from bot.core.delivery import Deliverer
+from bot.core.delivery import Deliverer, Undeliverable
 from bot.core.messages import MAX_TEXT, Reply
 from bot.discord import files
 from bot.discord.context import PLATFORM, InteractionBook, Receipt, Target, target_of
@@ -57,14 +62,30 @@ class DiscordDelivery:
                 if exc.status not in _DEAD_TOKEN:
                     raise
                 log.info("job %s: interaction token refused; posting instead", reply.job_id)
-        await self._post(target_of(delivery), reply)
+        target = target_of(delivery)
+        await self._post(target, reply)
+        with contextlib.suppress(discord.HTTPException):  # the receipt's Cancel is moot now
+            await self._edit_stored(target, view=None)
 
     async def progress(self, delivery: Delivery, reply: Reply) -> None:
-        """Edit the job's receipt; dropped once the interaction can no longer edit it."""
+        """Edit the job's receipt: through the interaction while it lives, else its channel."""
+        fields: dict[str, Any] = {"content": reply.text[:MAX_TEXT], "view": view_for(reply.buttons)}
         receipt = self.book.get(reply.job_id) if reply.job_id is not None else None
-        if receipt is None:
+        if receipt is not None:
+            await receipt.edit(**fields)
             return
-        await receipt.edit(content=reply.text[:MAX_TEXT], view=view_for(reply.buttons))
+        try:
+            await self._edit_stored(target_of(delivery), **fields)
+        except (discord.Forbidden, discord.NotFound) as exc:
+            log.info("job %s: receipt not edited (%s)", reply.job_id, exc.status)
+
+    async def _edit_stored(self, target: Target, **fields: Any) -> None:
+        """Edit the receipt message stored with the job (nothing when none was stored)."""
+        if target.receipt is None:
+            return
+        channel_id, message_id = target.receipt
+        channel = self.client.get_partial_messageable(channel_id)
+        await channel.get_partial_message(message_id).edit(**fields)
 
     async def _follow_up(self, receipt: Receipt, reply: Reply) -> None:
         for kwargs in _messages(reply, upload_limit(receipt.interaction)):
@@ -80,16 +101,25 @@ class DiscordDelivery:
             try:
                 await _send_all(channel, reply)
                 return
-            except (discord.Forbidden, discord.NotFound):
+            except (discord.Forbidden, discord.NotFound) as exc:
                 if target.user_id is None:
-                    raise
+                    raise Undeliverable(
+                        f"channel {target.channel_id} refused ({exc.status})"
+                    ) from exc
                 log.info(
                     "job %s: channel %s refused; sending a DM", reply.job_id, target.channel_id
                 )
         if target.user_id is None:
-            raise RuntimeError(f"job {reply.job_id} has neither a channel nor a user to send to")
-        dm = await self.client.create_dm(discord.Object(target.user_id))
-        await _send_all(dm, reply)
+            raise Undeliverable(f"job {reply.job_id} has neither a channel nor a user to send to")
+        await self._direct(target.user_id, reply)
+
+    async def _direct(self, user_id: int, reply: Reply) -> None:
+        """A direct message to the job's owner; one who takes none makes it undeliverable."""
+        try:
+            dm = await self.client.create_dm(discord.Object(user_id))
+            await _send_all(dm, reply)
+        except (discord.Forbidden, discord.NotFound) as exc:
+            raise Undeliverable(f"user {user_id} takes no direct messages ({exc.status})") from exc
 
 
 async def _send_all(channel: Messageable, reply: Reply) -> None:

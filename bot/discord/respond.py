@@ -5,7 +5,8 @@ interaction is deferred and the reply follows as an edit of the deferred message
 decide their own visibility: an ephemeral reply (errors, lists, settings) after a public
 deferral replaces the "thinking" message with an ephemeral follow-up, and the reverse.
 A reply that removes its source (result "Delete", the /forget confirmation) deletes the
-message its button sits on and answers privately.
+message its button sits on and answers privately. A public receipt's channel and message id
+go to storage through ``remember`` so progress and clean-up survive a restart.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import discord
@@ -28,6 +30,18 @@ from bot.discord.views import view_for
 log = logging.getLogger(__name__)
 
 ANSWER_WITHIN = 1.0
+
+#: ``remember(job_id, channel_id, message_id)``: store where a job's public receipt is.
+RememberFn = Callable[[int, int, int], Awaitable[object]]
+
+
+@dataclass(frozen=True)
+class Sent:
+    """The message that carries a reply's text: its id (when known) and whether it is the
+    interaction's original response (edited through ``@original``) or a follow-up."""
+
+    message_id: int | None
+    original: bool
 
 
 class Deferral(enum.Enum):
@@ -47,16 +61,29 @@ async def answer(
     private: bool,
     update: bool = False,
     within: float = ANSWER_WITHIN,
+    remember: RememberFn | None = None,
 ) -> Reply:
     """Send ``work``'s reply; defer first if it is not ready within ``within`` seconds."""
     task = asyncio.ensure_future(_safely(work))
     done, _ = await asyncio.wait({task}, timeout=within)
     deferral = Deferral.NONE if done else await defer(interaction, private=private, update=update)
     reply = await task
-    message_id = await send_reply(interaction, reply, deferral)
+    sent = await send_reply(interaction, reply, deferral)
     if reply.kind is ReplyKind.RECEIPT and reply.job_id is not None:
-        book.remember(reply.job_id, Receipt(interaction, message_id))
+        book.remember(
+            reply.job_id, Receipt(interaction, None if sent.original else sent.message_id)
+        )
+        if remember is not None and not reply.ephemeral:
+            await _remember(remember, reply.job_id, interaction.channel_id, sent.message_id)
     return reply
+
+
+async def _remember(
+    remember: RememberFn, job_id: int, channel_id: int | None, message_id: int | None
+) -> None:
+    """Store where a public receipt is (once the token expires, it is edited through there)."""
+    if channel_id is not None and message_id is not None:
+        await remember(job_id, channel_id, message_id)
 
 
 async def _safely(work: Awaitable[Reply]) -> Reply:
@@ -79,30 +106,32 @@ async def defer(interaction: Interaction, *, private: bool, update: bool = False
     return Deferral.PRIVATE if private else Deferral.PUBLIC
 
 
-async def send_reply(interaction: Interaction, reply: Reply, deferral: Deferral) -> int | None:
+async def send_reply(interaction: Interaction, reply: Reply, deferral: Deferral) -> Sent:
     """Send a reply (files split over follow-ups) the way the deferral allows.
 
-    Returns the id of the follow-up that carries the reply's text, or ``None`` when that is the
-    interaction's original response.
+    Returns the message that carries the reply's text: the interaction's original response,
+    or a follow-up.
     """
     packed = files.pack(reply.files, max_bytes=upload_limit(interaction))
     first = packed.messages[0] if packed.messages else []
     text = packed.note(reply.text)[:MAX_TEXT]
-    message_id = None
     if reply.remove_source and interaction.type is discord.InteractionType.component:
         await _replace_source(interaction, text, deferral)
+        sent = Sent(None, original=False)
     elif deferral is Deferral.NONE:
-        await interaction.response.send_message(**_send_kwargs(text, first, reply))
+        response = await interaction.response.send_message(**_send_kwargs(text, first, reply))
+        sent = Sent(response.message_id, original=True)
     elif (deferral is Deferral.PRIVATE) == reply.ephemeral and deferral is not Deferral.UPDATE:
-        await interaction.edit_original_response(**edit_kwargs(text, first, reply))
+        edited = await interaction.edit_original_response(**edit_kwargs(text, first, reply))
+        sent = Sent(edited.id, original=True)
     else:
         if deferral is not Deferral.UPDATE:  # "thinking" of the other visibility: replace it
             await interaction.delete_original_response()
-        sent = await interaction.followup.send(**_send_kwargs(text, first, reply), wait=True)
-        message_id = sent.id
+        message = await interaction.followup.send(**_send_kwargs(text, first, reply), wait=True)
+        sent = Sent(message.id, original=False)
     for more in packed.messages[1:]:
         await interaction.followup.send(files=files.to_discord_all(more), ephemeral=reply.ephemeral)
-    return message_id
+    return sent
 
 
 async def _replace_source(interaction: Interaction, text: str, deferral: Deferral) -> None:

@@ -9,6 +9,7 @@ from bot_worker_fixture import FixtureWorker
 from test_discord_fakeapi import (
     ALICE,
     BOB,
+    CHANNEL_ID,
     FOLLOW_UP,
     ORIGINAL,
     Call,
@@ -20,6 +21,7 @@ from test_discord_support import (
     harness,
     option,
     save_faces,
+    stored_receipt,
 )
 
 from bot.core.app import Core
@@ -132,6 +134,7 @@ async def test_a_slow_press_still_gets_a_public_receipt_for_progress(
     assert not receipt.flags & 64 and "(imagine) queued" in receipt.content
     job = await jobs.claim(h.core.db, "test-worker")
     assert job is not None
+    assert await stored_receipt(h.core, job.id) == f"{CHANNEL_ID}:{receipt.message_id}"
     await jobs.progress(h.core.db, job.id, "test-worker", 1, 4)
     [edit] = await h.fake.wait_for("PATCH", rf"/{token}/messages/{receipt.message_id}$")
     assert "step 1/4" in edit.content

@@ -27,6 +27,7 @@ from test_discord_support import (
     interaction_payload,
     option,
     save_faces,
+    stored_receipt,
 )
 
 from bot.core.app import Core
@@ -118,6 +119,7 @@ async def test_slow_download_is_deferred_then_the_receipt_replaces_it(h: Harness
     assert isinstance(job.params, FaceParams)
     assert job.params.crop is not None and job.params.crop.w == 200 and job.params.make_default
     assert job.delivery.channel_id == str(CHANNEL_ID)
+    assert await stored_receipt(h.core, job.id) == f"{CHANNEL_ID}:{edit.message_id}"
 
 
 async def test_private_answer_after_a_public_deferral_replaces_it(h: Harness) -> None:

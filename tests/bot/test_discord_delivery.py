@@ -32,6 +32,7 @@ from test_discord_support import (
     interaction_payload,
     option,
     save_faces,
+    stored_receipt,
 )
 
 from bot.core.app import Core
@@ -119,16 +120,52 @@ async def test_progress_edits_the_receipt_then_the_result_follows_up(h: Harness)
     assert await delivered(h, job.id)
 
 
-async def test_after_the_token_expired_results_go_to_the_channel(h: Harness) -> None:
-    await imagine(h)
+async def test_after_the_token_expired_progress_and_results_use_the_channel(h: Harness) -> None:
+    sent = await imagine(h)
+    receipt = h.fake.originals[sent["token"]]
     h.now = discord_now() + dt.timedelta(minutes=16)  # the token has expired
     job = await claim(h)
+    assert await stored_receipt(h.core, job.id) == f"{CHANNEL_ID}:{receipt}"
     await jobs.progress(h.core.db, job.id, WORKER, 5, 10)
+    own = rf"/channels/{CHANNEL_ID}/messages/{receipt}$"
+    [edit] = await h.fake.wait_for("PATCH", own, where=lambda c: "step 5/10" in c.content)
+    assert edit.custom_ids == [f"pb:cx:{job.id}"]
     await jobs.finish(h.core.db, job.id, WORKER, [ResultData(0, png((1, 2, 3)), 11, "a chef")])
     [post] = await h.fake.wait_for("POST", rf"/channels/{CHANNEL_ID}/messages$")
     assert post.content.startswith(f"Job #{job.id} done") and len(post.files) == 1
     assert post.labels == ["Re-roll", "Vary", "Use seed", "Delete"]
+    await h.fake.wait_for("PATCH", own, where=lambda c: c.data.get("components") == [])
     assert h.fake.find("PATCH", ORIGINAL) == [] and h.fake.find("POST", FOLLOW_UP) == []
+
+
+async def test_after_a_restart_progress_edits_the_receipt_and_the_result_comes_once(
+    h: Harness,
+) -> None:
+    sent = await imagine(h)
+    receipt = h.fake.originals[sent["token"]]
+    job = await claim(h)
+    assert await stored_receipt(h.core, job.id) == f"{CHANNEL_ID}:{receipt}"
+    await h.stop()
+    h.core = await Core.open(h.settings)  # a new process: new core, new adapter, same database
+    try:
+        await h.start()
+        await jobs.progress(h.core.db, job.id, WORKER, 3, 10)
+        own = rf"/channels/{CHANNEL_ID}/messages/{receipt}$"
+        [edit] = await h.fake.wait_for("PATCH", own, where=lambda c: "step 3/10" in c.content)
+        assert edit.content.startswith(f"Job #{job.id} (imagine) running: step 3/10")
+        image = [ResultData(0, png((1, 2, 3)), 11, "a chef")]
+        await jobs.finish(h.core.db, job.id, WORKER, image)
+        [post] = await h.fake.wait_for("POST", CHANNEL_POST)
+        [closed] = await h.fake.wait_for("PATCH", own, where=lambda c: "content" not in c.data)
+        assert await delivered(h, job.id)
+        await h.restart()  # once more: nothing is sent twice
+        await asyncio.sleep(0.3)
+    finally:
+        await h.stop()
+        await h.core.close()
+    assert post.content.startswith(f"Job #{job.id} done") and closed.data["components"] == []
+    assert len(h.fake.find("POST", CHANNEL_POST)) == 1 and h.fake.find("POST", FOLLOW_UP) == []
+    assert h.fake.messages[receipt]["components"] == []
 
 
 async def test_after_a_restart_results_resume_to_the_channel_re_encoded(h: Harness) -> None:
@@ -154,6 +191,19 @@ async def test_a_refusing_channel_gets_the_result_by_dm(h: Harness, worker: Fixt
     assert int(opened.body["recipient_id"]) == ALICE
     [post] = await h.fake.wait_for("POST", rf"/channels/{dm_channel_of(ALICE)}/messages$")
     assert "done" in post.content and len(post.files) == 1
+
+
+async def test_a_refused_channel_and_dm_make_the_job_undeliverable(
+    h: Harness, worker: FixtureWorker
+) -> None:
+    await imagine(h)
+    await h.restart()
+    h.fake.forbidden_channels |= {CHANNEL_ID, dm_channel_of(ALICE)}
+    [job_id] = await worker.drain()
+    assert await delivered(h, job_id)  # given up at once, not retried with backoff
+    await asyncio.sleep(0.3)
+    assert len(h.fake.find("POST", rf"/channels/{CHANNEL_ID}/messages$")) == 1
+    assert len(h.fake.find("POST", rf"/channels/{dm_channel_of(ALICE)}/messages$")) == 1
 
 
 async def test_a_dead_token_falls_back_to_the_channel(h: Harness, worker: FixtureWorker) -> None:

@@ -1,8 +1,8 @@
 """A local fake of Discord's HTTP API (and CDN) on 127.0.0.1 for the Discord adapter tests.
 
 :class:`FakeDiscord` answers the routes the adapter uses — login, command sync, interaction
-callbacks, webhook follow-ups and edits, channel messages, DM channels, and a CDN for uploads —
-and records every request as a :class:`Call`. It holds no tests.
+callbacks, webhook follow-ups and edits, channel messages and their edits, DM channels, and a
+CDN for uploads — and records every request as a :class:`Call`. It holds no tests.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ CALLBACK = r"/interactions/\d+/[^/]+/callback$"
 ORIGINAL = r"/webhooks/\d+/[^/]+/messages/@original$"
 FOLLOW_UP = r"/webhooks/\d+/[^/]+$"
 CHANNEL_POST = r"/channels/\d+/messages$"
+CHANNEL_EDIT = r"/channels/\d+/messages/\d+$"
 _ids = itertools.count(1)
 
 
@@ -131,6 +132,7 @@ class FakeDiscord:
             ("DELETE", re.compile(r"/api/v10/webhooks/\d+/([^/]+)/messages/@original"), self._drop),
             ("POST", re.compile(r"/api/v10/webhooks/\d+/([^/]+)"), self._follow_up),
             ("POST", re.compile(r"/api/v10/channels/(\d+)/messages"), self._post),
+            ("PATCH", re.compile(r"/api/v10/channels/(\d+)/messages/(\d+)"), self._edit_posted),
             ("DELETE", re.compile(r"/api/v10/channels/\d+/messages/(\d+)"), self._delete),
             ("POST", re.compile(r"/api/v10/users/@me/channels"), self._open_dm),
             ("GET", re.compile(r"/cdn/(.+)"), self._download),
@@ -303,6 +305,17 @@ class FakeDiscord:
         if int(channel_id) in self.forbidden_channels:
             return _json({"message": "Missing Access", "code": 50001}, status=403)
         message = self._create(int(channel_id), call)
+        call.message_id = message["id"]
+        return _json(message)
+
+    async def _edit_posted(self, call: Call, channel_id: str, message_id: str) -> web.Response:
+        """PATCH /channels/{channel}/messages/{message}: the bot edits one of its messages."""
+        if int(channel_id) in self.forbidden_channels:
+            return _json({"message": "Missing Access", "code": 50001}, status=403)
+        message = self.messages.get(int(message_id))
+        if message is None or message["channel_id"] != channel_id:
+            return _json({"message": "Unknown Message", "code": 10008}, status=404)
+        message.update(self._fields(call, keep=message))
         call.message_id = message["id"]
         return _json(message)
 

@@ -7,6 +7,7 @@ exercised, and feeds it raw gateway interaction payloads as the gateway would.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 from collections.abc import AsyncIterator
@@ -34,7 +35,7 @@ from test_discord_fakeapi import (
 from bot.core.app import Core
 from bot.discord.client import DiscordAdapter, PulidBot
 from bot.discord.context import InteractionBook
-from storage import identities, users
+from storage import identities, jobs, users
 from storage.config import DiscordSettings, QueueSettings, Settings
 
 # -- interaction payloads ---------------------------------------------------------------------
@@ -287,3 +288,13 @@ def button_id(call: Call, label: str) -> str:
         if c.get("type") == 2 and c.get("label") == label:
             return str(c["custom_id"])
     raise AssertionError(f"no button {label!r} in {call.labels}")
+
+
+async def stored_receipt(core: Core, job_id: int, timeout: float = 5.0) -> str:
+    """The receipt reference the bot stores with a job once the receipt is sent (polled)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            delivery = (await jobs.get_job(core.db, job_id)).delivery
+            if delivery is not None and "receipt" in delivery.extra:
+                return delivery.extra["receipt"]
+            await asyncio.sleep(0.02)
