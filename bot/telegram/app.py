@@ -102,7 +102,11 @@ class TelegramAdapter:
         _filter_loggers(self._redact, add=True)  # before the Bot exists: it logs its URLs
         limiter = AIORateLimiter(max_retries=RATE_LIMIT_RETRIES)
         self.application = build_application(self.settings, limiter)
-        self.sender = Sender(self.application.bot, keyboards.signing_key(token))
+        self.sender = Sender(
+            self.application.bot,
+            keyboards.signing_key(token),
+            lambda job_id, extra: core.remember_receipt(job_id, extra=extra),
+        )
         self.handlers = Handlers(core, self.sender, settings)
         self.handlers.register(self.application)
         self.deliverer = Deliverer(

@@ -2,22 +2,24 @@
 
 One photo (or file) carries the text as its caption and the keyboard under it. Several photos
 go as albums of 2–10 (more are split into even albums), followed by one message with the text
-and the keyboard; its Delete button lists the album's messages. Receipts are remembered per job
-so progress edits that one message, and the result's arrival closes it.
+and the keyboard; its Delete button lists the album's messages. A receipt's chat and message id
+are stored with its job (``core.remember_receipt``, ``extra["receipt"] = "<chat>:<message>"``),
+so progress edits that one message and the result's arrival closes it, after a restart too.
+A chat that is gone or blocked the bot makes the job :class:`Undeliverable` (not retried).
 """
 
 from __future__ import annotations
 
 import io
 import logging
-from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from PIL import Image
 from telegram import Bot, InlineKeyboardMarkup, InputMediaPhoto, Message, ReplyParameters
 from telegram.error import BadRequest, Forbidden, TelegramError
 
+from bot.core.delivery import Undeliverable
 from bot.core.messages import Attachment, Reply, ReplyKind
 from bot.telegram import keyboards
 from storage.schemas import Delivery
@@ -29,7 +31,11 @@ CAPTION_LIMIT = 1024
 ALBUM_MAX = 10
 PHOTO_MAX_BYTES = 10 * 1024 * 1024
 PHOTO_MIMES = ("image/png", "image/jpeg", "image/webp")
-RECEIPTS_KEPT = 2000
+#: The key of the receipt's ``"<chat id>:<message id>"`` in a job's ``Delivery.extra``.
+RECEIPT_KEY = "receipt"
+
+#: ``remember(job_id, extra)``: store where a job's receipt is (``Core.remember_receipt``).
+RememberFn = Callable[[int, dict[str, str]], Awaitable[object]]
 
 
 @dataclass(frozen=True)
@@ -95,32 +101,25 @@ def albums(count: int) -> list[int]:
     return [base + (i < extra) for i in range(groups)]
 
 
-class Receipts:
-    """Job → the receipt message to edit with progress (bounded; lost on restart)."""
+def receipt_ref(chat_id: int, message_id: int) -> dict[str, str]:
+    """The ``extra`` entry that records where a job's receipt is."""
+    return {RECEIPT_KEY: f"{chat_id}:{message_id}"}
 
-    def __init__(self, kept: int = RECEIPTS_KEPT) -> None:
-        self._kept = kept
-        self._map: OrderedDict[int, tuple[int, int]] = OrderedDict()
 
-    def remember(self, job_id: int, message: Message) -> None:
-        self._map[job_id] = (message.chat_id, message.message_id)
-        while len(self._map) > self._kept:
-            self._map.popitem(last=False)
-
-    def get(self, job_id: int | None) -> tuple[int, int] | None:
-        return None if job_id is None else self._map.get(job_id)
-
-    def pop(self, job_id: int | None) -> tuple[int, int] | None:
-        return None if job_id is None else self._map.pop(job_id, None)
+def receipt_of(delivery: Delivery) -> tuple[int, int] | None:
+    """The (chat id, message id) of the job's receipt, when it was stored."""
+    chat, _, message = delivery.extra.get(RECEIPT_KEY, "").rpartition(":")
+    chat_id, message_id = _int(chat), _int(message)
+    return None if chat_id is None or message_id is None else (chat_id, message_id)
 
 
 class Sender:
     """Sends core replies through a Bot; also the Deliverer's send and progress callbacks."""
 
-    def __init__(self, bot: Bot, key: bytes) -> None:
+    def __init__(self, bot: Bot, key: bytes, remember: RememberFn) -> None:
         self.bot = bot
         self.key = key
-        self.receipts = Receipts()
+        self._remember = remember
 
     async def post(self, target: Target, reply: Reply) -> list[Message]:
         """Send a reply; returns the messages sent (a receipt is remembered)."""
@@ -134,9 +133,13 @@ class Sender:
             after = Target(target.chat_id, sent[0].message_id, target.thread_id)
             ids = [m.message_id for m in sent]
             sent.append(await self._text(after, reply.text, self._markup(target, reply, ids)))
-        if reply.kind is ReplyKind.RECEIPT and reply.job_id is not None:
-            self.receipts.remember(reply.job_id, sent[-1])
+        await self._remember_receipt(reply, sent[-1])
         return sent
+
+    async def _remember_receipt(self, reply: Reply, message: Message) -> None:
+        if reply.kind is ReplyKind.RECEIPT and reply.job_id is not None:
+            extra = receipt_ref(message.chat_id, message.message_id)
+            await self._remember(reply.job_id, extra)
 
     def _markup(
         self, target: Target, reply: Reply, media: Sequence[int] = ()
@@ -197,8 +200,7 @@ class Sender:
             message_id=message.message_id,
             reply_markup=markup,
         )
-        if reply.kind is ReplyKind.RECEIPT and reply.job_id is not None:
-            self.receipts.remember(reply.job_id, message)
+        await self._remember_receipt(reply, message)
 
     async def remove(self, chat_id: int, message_ids: Sequence[int]) -> None:
         """Delete messages of this bot (those already gone are skipped)."""
@@ -217,21 +219,21 @@ class Sender:
     # ---- the Deliverer's callbacks ------------------------------------------------------------
 
     async def deliver(self, delivery: Delivery, reply: Reply) -> None:
-        """Send a finished job's result; a chat that is gone for good is logged, not retried."""
+        """Send a finished job's result; a chat that is gone for good makes it Undeliverable."""
         target = Target.of_delivery(delivery)
         try:
             await self.post(target, reply)
         except Forbidden as exc:
-            log.warning("job %s: chat %s refuses the bot (%s)", reply.job_id, target.chat_id, exc)
+            raise Undeliverable(f"chat {target.chat_id} refuses the bot: {exc.message}") from exc
         except BadRequest as exc:
             if "chat not found" not in exc.message.lower():
                 raise
-            log.warning("job %s: chat %s is gone", reply.job_id, target.chat_id)
-        await self._close_receipt(reply)
+            raise Undeliverable(f"chat {target.chat_id} is gone: {exc.message}") from exc
+        await self._close_receipt(delivery, reply)
 
-    async def _close_receipt(self, reply: Reply) -> None:
+    async def _close_receipt(self, delivery: Delivery, reply: Reply) -> None:
         """The result arrived: the receipt keeps a one-line status and loses its Cancel button."""
-        where = self.receipts.pop(reply.job_id)
+        where = receipt_of(delivery)
         if where is None:
             return
         status = reply.text.split("\n", 1)[0]
@@ -242,7 +244,7 @@ class Sender:
 
     async def progress(self, delivery: Delivery, reply: Reply) -> None:
         """Edit the job's receipt with a progress line (dropped if the receipt is unknown)."""
-        where = self.receipts.get(reply.job_id)
+        where = receipt_of(delivery)
         if where is not None:
             markup = keyboards.markup(reply.buttons, key=self.key, chat_id=where[0])
             await self._edit(where, fit(reply.text, TEXT_LIMIT), markup)

@@ -26,6 +26,7 @@ from bot.core.app import Core
 from storage import jobs
 from storage.config import Settings
 from storage.records import ResultData
+from storage.schemas import JobState
 
 ALICE = user(42, "Alice")
 CHAT = private_chat(ALICE)
@@ -148,27 +149,74 @@ async def test_results_finished_while_the_bot_was_down_are_delivered_on_start(
 ) -> None:
     async with running_bot(settings, core, server):
         command = alice.message("/imagine a quiet street")
-        await server.wait_for("sendMessage", answering(command))
+        receipt = await server.wait_for("sendMessage", answering(command))
+        [job_id] = [j.id for j in await jobs.list_jobs(core.db, states=[JobState.QUEUED])]
+        await eventually(lambda: _receipt_stored(core, job_id))
     await worker.drain()  # finished while no adapter runs
     async with running_bot(settings, core, server):
         photo = await server.wait_for("sendPhoto")
+        closed = await server.wait_for("editMessageText")
     assert photo.params["reply_parameters"]["message_id"] == command["message_id"]
-    assert server.calls_to("editMessageText") == []  # the old receipt is not known any more
+    assert closed.params["message_id"] == receipt.result["message_id"]  # stored with the job
+    assert "done" in closed.params["text"] and "reply_markup" not in closed.params
 
 
+async def test_after_a_restart_progress_still_edits_the_receipt(
+    settings: Settings, core: Core, server: FakeTelegram, alice: Updates
+) -> None:
+    async with running_bot(settings, core, server):
+        command = alice.message("/imagine a storm at sea")
+        receipt = await server.wait_for("sendMessage", answering(command))
+        job = await jobs.claim(core.db, "fixture-worker")
+        assert job is not None
+        await eventually(lambda: _receipt_stored(core, job.id))
+    restarted = await Core.open(settings)  # a new process: new core and adapter, same database
+    try:
+        async with running_bot(settings, restarted, server, progress_interval=0.05):
+            await jobs.progress(core.db, job.id, "fixture-worker", 4, 10)
+            edit = await server.wait_for("editMessageText", lambda c: "4/10" in c.params["text"])
+            image = [ResultData(0, png((1, 2, 3)), 9)]
+            await jobs.finish(core.db, job.id, "fixture-worker", image)
+            await server.wait_for("sendPhoto")
+            await eventually(lambda: _delivered(core, job.id))
+        async with running_bot(settings, restarted, server):  # and once more: nothing twice
+            await asyncio.sleep(0.3)
+    finally:
+        await restarted.close()
+    assert edit.params["message_id"] == receipt.result["message_id"]
+    assert edit.button("Cancel") == f"cx:{job.id}"
+    assert len(server.calls_to("sendPhoto")) == 1
+    closing = [c for c in server.calls_to("editMessageText") if "done" in c.params["text"]]
+    assert [c.params["message_id"] for c in closing] == [receipt.result["message_id"]]
+
+
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [(403, "Forbidden: bot was blocked by the user"), (400, "Bad Request: chat not found")],
+)
 async def test_a_chat_that_blocked_the_bot_is_not_retried(
-    settings: Settings, core: Core, worker: FixtureWorker, server: FakeTelegram, alice: Updates
+    settings: Settings,
+    core: Core,
+    worker: FixtureWorker,
+    server: FakeTelegram,
+    alice: Updates,
+    status: int,
+    error: str,
 ) -> None:
     async with running_bot(settings, core, server):
         command = alice.message("/imagine a red door")
         await server.wait_for("sendMessage", answering(command))
-        server.fail_next("sendPhoto", 403, "Forbidden: bot was blocked by the user")
+        server.fail_next("sendPhoto", status, error)
         [job_id] = await worker.drain()
         await eventually(lambda: _delivered(core, job_id))
-    assert [c.error for c in server.calls_to("sendPhoto")] == [
-        "Forbidden: bot was blocked by the user"
-    ]
+        await asyncio.sleep(0.2)
+    assert [c.error for c in server.calls_to("sendPhoto")] == [error]
 
 
 async def _delivered(core: Core, job_id: int) -> bool:
     return (await jobs.get_job(core.db, job_id)).delivered
+
+
+async def _receipt_stored(core: Core, job_id: int) -> bool:
+    delivery = (await jobs.get_job(core.db, job_id)).delivery
+    return delivery is not None and "receipt" in delivery.extra
