@@ -7,12 +7,14 @@ runs whole. These are the slowest tests of the bot (about a minute together on 2
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import pytest
 from bot_helpers import astronaut_png
 
 from bot.console import run_chat
+from bot.core.buttons import VARY_SPAN
 from bot.demo import demo_settings, engine_worker, run_demo
 from storage import users
 from storage.config import Settings, StorageSettings
@@ -68,6 +70,8 @@ async def test_every_command_with_the_real_worker(tmp_path: Path) -> None:
         "Erased 1 face, 6 jobs",
     ):
         assert expected in text, (expected, text)
+    seeds = [int(s) for s in re.findall(r"done: “a chef in a kitchen” · seed (\d+)", text)]
+    assert seeds[0] == 5 and 5 < seeds[1] <= 5 + VARY_SPAN  # Vary: same prompt, nearby seed
     names = {p.name for p in out_dir.iterdir()}
     assert {"me.png", "me.safetensors"} <= names and any(n.endswith("-grid.png") for n in names)
     db = await Database.open(settings.database.url)
