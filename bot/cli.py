@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from storage.config import ENV_CONFIG_FILE, ConfigError, Settings, load_settings, masked
+from storage.errors import StorageError
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +83,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if not args.verbose:
+        logging.getLogger("alembic").setLevel(logging.WARNING)
     handler = _HANDLERS[_command_key(args)]
     try:
         return handler(args, settings)
+    except StorageError as exc:
+        print(f"error: {exc.user_message}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

@@ -26,7 +26,6 @@ from bot.core.errors import BadInput
 from bot.core.messages import Attachment, Button, Caller, Reply, ReplyKind, error_reply
 from storage import workers
 from storage.config import Settings
-from storage.db import upgrade
 from storage.schemas import Delivery, WorkerState
 
 log = logging.getLogger(__name__)
@@ -201,7 +200,6 @@ async def run_chat(
 ) -> int:
     """``pulid-bot chat``: an interactive (or scripted) local session; returns the exit code."""
     quiet_logs()
-    await upgrade(settings.database.url)
     core = await Core.open(settings)
     console = Console(core, out_dir, user=user, out=out)
     deliverer = console.deliverer(settings.queue.poll_seconds)

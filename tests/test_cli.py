@@ -70,3 +70,11 @@ def test_db_upgrade_creates_the_schema_in_an_empty_folder(tmp_path: Path) -> Non
     assert {"users", "identities", "jobs", "results", "alembic_version"} <= tables
     again = _cli("db", "upgrade", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
+
+
+def test_an_unmigrated_database_is_refused_with_one_line(tmp_path: Path) -> None:
+    out = _cli("chat", cwd=tmp_path)
+    assert out.returncode == 1
+    assert out.stderr.strip() == (
+        "error: The database has no pulid-bot schema yet; run `pulid-bot db upgrade`."
+    )
