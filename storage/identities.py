@@ -18,6 +18,10 @@ Public API (all async, ``db`` first):
                     thumbnail=None, max_per_user=None) -> IdentityRecord   (ImportRejected)
     check_name(name) -> str                                            (BadName)
     erase_user(db, user_id) -> ErasedCounts                            (from storage.users)
+  inside the caller's transaction (a face job's finish, storage.job_finish):
+    insert_identity(s, db, owner_id, name, emb, *, thumbnail=None, make_default=False,
+                    max_per_user=None) -> IdentityRecord
+    extend_identity(s, db, owner_id, name, extra, *, make_default=False) -> IdentityRecord
 ``embedding`` arguments are safetensors bytes made by :func:`storage.embeddings.pack`.
 """
 
@@ -106,25 +110,83 @@ async def _insert(
     make_default: bool,
     max_per_user: int | None,
 ) -> IdentityRecord:
-    check_name(name)
-    limit = db.limits.max_identities if max_per_user is None else max_per_user
     try:
         async with db.transaction() as s:
-            await require_user(s, owner_id, lock=True)
-            if await _count(s, owner_id) >= limit:
-                raise LimitReached(f"You can save at most {limit} faces; delete one first.")
-            await _ensure_free(s, owner_id, name)
-            default = make_default or not await _has_default(s, owner_id)
-            if default:
-                await _clear_default(s, owner_id)
-            row = _new_row(owner_id, name, emb, thumbnail, default)
-            s.add(row)
-            await s.flush()
-            record = IdentityRecord.of(row)
+            record = await insert_identity(
+                s, db, owner_id, name, emb,
+                thumbnail=thumbnail, make_default=make_default, max_per_user=max_per_user,
+            )  # fmt: skip
     except IntegrityError as exc:  # a concurrent save of the same name won the race
-        raise NameTaken(f"You already have a face named '{name}'.") from exc
+        raise name_taken(name) from exc
     log.info("identity %s saved for user %s (%s refs)", record.id, owner_id, record.n_refs)
     return record
+
+
+def name_taken(name: str) -> NameTaken:
+    return NameTaken(f"You already have a face named '{name}'.")
+
+
+async def insert_identity(
+    s: AsyncSession,
+    db: Database,
+    owner_id: int,
+    name: str,
+    emb: embeddings.IdentityEmbedding,
+    *,
+    thumbnail: bytes | None = None,
+    make_default: bool = False,
+    max_per_user: int | None = None,
+) -> IdentityRecord:
+    """Save a new face in the caller's transaction (the owner's first becomes the default).
+
+    Locks the owner; BadName, NotFound, LimitReached, NameTaken (an IntegrityError at commit
+    means a racing save of the same name won: callers report it as NameTaken).
+    """
+    check_name(name)
+    limit = db.limits.max_identities if max_per_user is None else max_per_user
+    await require_user(s, owner_id, lock=True)
+    if await _count(s, owner_id) >= limit:
+        raise LimitReached(f"You can save at most {limit} faces; delete one first.")
+    await _ensure_free(s, owner_id, name)
+    default = make_default or not await _has_default(s, owner_id)
+    if default:
+        await _clear_default(s, owner_id)
+    row = _new_row(owner_id, name, emb, thumbnail, default)
+    s.add(row)
+    await s.flush()
+    return IdentityRecord.of(row)
+
+
+async def extend_identity(
+    s: AsyncSession,
+    db: Database,
+    owner_id: int,
+    name: str,
+    extra: embeddings.IdentityEmbedding,
+    *,
+    make_default: bool = False,
+) -> IdentityRecord:
+    """Append ``extra``'s references to face ``name`` in the caller's transaction (NotFound)."""
+    await _lock_owner(s, owner_id)
+    row = await _row(s, owner_id, name)
+    base = embeddings.unpack(row.embedding, max_bytes=2**40, max_refs=2**31)
+    merged = embeddings.append_references(base, extra, max_refs=db.limits.max_refs)
+    row.embedding = embeddings.pack(embeddings.with_name(merged, row.name))
+    row.arcface = embeddings.mean_arcface(merged).tobytes()
+    row.n_refs = merged.n_refs
+    row.updated_at = utcnow()
+    if make_default and not row.is_default:
+        await _make_default(s, owner_id, row)
+    await s.flush()
+    return IdentityRecord.of(row)
+
+
+async def _make_default(s: AsyncSession, owner_id: int, row: models.Identity) -> None:
+    await _clear_default(s, owner_id)
+    await s.flush()
+    row.is_default = True
+    row.updated_at = utcnow()
+    await s.flush()
 
 
 async def _ensure_free(s: AsyncSession, owner_id: int, name: str) -> None:
@@ -132,7 +194,7 @@ async def _ensure_free(s: AsyncSession, owner_id: int, name: str) -> None:
         existing = await _row(s, owner_id, name)
     except NotFound:
         return
-    raise NameTaken(f"You already have a face named '{existing.name}'.")
+    raise name_taken(existing.name)
 
 
 def _new_row(
@@ -184,15 +246,7 @@ async def add_reference(db: Database, owner_id: int, name: str, embedding: bytes
     """Append the references in ``embedding`` to face ``name``; n_refs grows accordingly."""
     extra = embeddings.unpack(embedding, max_refs=db.limits.max_refs)
     async with db.transaction() as s:
-        await _lock_owner(s, owner_id)
-        row = await _row(s, owner_id, name)
-        base = embeddings.unpack(row.embedding, max_bytes=2**40, max_refs=2**31)
-        merged = embeddings.append_references(base, extra, max_refs=db.limits.max_refs)
-        row.embedding = embeddings.pack(embeddings.with_name(merged, row.name))
-        row.arcface = embeddings.mean_arcface(merged).tobytes()
-        row.n_refs = merged.n_refs
-        row.updated_at = utcnow()
-        record = IdentityRecord.of(row)
+        record = await extend_identity(s, db, owner_id, name, extra)
     log.info("identity %s now has %s refs", record.id, record.n_refs)
     return record
 
@@ -239,11 +293,7 @@ async def set_default(db: Database, owner_id: int, name: str) -> IdentitySummary
     async with db.transaction() as s:
         await _lock_owner(s, owner_id)
         row = await _row(s, owner_id, name)
-        await _clear_default(s, owner_id)
-        await s.flush()
-        row.is_default = True
-        row.updated_at = utcnow()
-        await s.flush()
+        await _make_default(s, owner_id, row)
         return identity_summary(row)
 
 
@@ -319,10 +369,12 @@ __all__ = [
     "delete_identity",
     "erase_user",
     "export_identity",
+    "extend_identity",
     "get_default_identity",
     "get_identity",
     "get_identity_by_id",
     "import_identity",
+    "insert_identity",
     "list_identities",
     "save_identity",
     "set_default",

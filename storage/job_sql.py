@@ -1,6 +1,7 @@
 """Building blocks of the guarded job transitions (Core SQL on the jobs table).
 
-Only storage.jobs and storage.leases use these; nothing else writes a job's state.
+Only storage.jobs, storage.leases and storage.job_finish use these; nothing else writes a
+job's state.
 """
 
 from __future__ import annotations
@@ -82,5 +83,6 @@ def requeue_values(now: datetime, detail: str | None) -> dict[str, Any]:
         "progress_step": 0,
         "progress_total": 0,
         "error_detail": detail,
+        "note": None,
         "updated_at": now,
     }

@@ -26,13 +26,15 @@ a preview, see storage.leases.fail) keeps its upload until the owner answers wit
 choice — ``enqueue(..., input_from=<that job>)`` moves the upload to the new job — or until
 retention prunes the job. A face request held for consent (storage.job_holds) keeps its
 upload the same way. Both are the owner's own pending uploads, erased by erase_user too.
-  worker side (storage.leases):
+  worker side (storage.leases, storage.job_finish):
     claim(db, worker_id, *, kinds=None, lease_seconds=None, reap=True, now=None)
-        -> JobRecord | None
+        -> JobRecord | None          (a job whose row cannot be read fails with UNREADABLE)
     heartbeat(db, job_id, worker_id, *, lease_seconds=None) -> bool   (cancel wanted; LeaseLost)
     progress(db, job_id, worker_id, step, total, *, preview=None, lease_seconds=None) -> bool
-    finish(db, job_id, worker_id, results) -> bool              (False: lease lost)
-    fail(db, job_id, worker_id, user_message, detail=None, *, retry=False) -> bool
+    finish(db, job_id, worker_id, results, *, note=None, identity=None) -> bool
+        (False: lease lost, nothing written; ``identity`` saves a face job's face with it)
+    fail(db, job_id, worker_id, user_message, detail=None, *, retry=False, note=None) -> bool
+    release(db, job_id, worker_id) -> bool   (graceful stop: re-queued, attempt not counted)
     mark_cancelled(db, job_id, worker_id) -> bool
     requeue_expired(db, *, now=None) -> RequeueReport
   reads (storage.job_queries):
@@ -54,6 +56,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.db import Database
 from storage.errors import InvalidState, NotFound
+from storage.job_finish import finish
 from storage.job_holds import drop_held, hold, release_held
 from storage.job_insert import insert_job, new_job, validated
 from storage.job_queries import count_active, get_job, list_jobs, queue_position, undelivered
@@ -69,12 +72,13 @@ from storage.job_sql import (
     rowcount,
 )
 from storage.leases import (
+    UNREADABLE,
     claim,
     fail,
-    finish,
     heartbeat,
     mark_cancelled,
     progress,
+    release,
     requeue_expired,
 )
 from storage.models import utcnow
@@ -233,6 +237,7 @@ async def prune(
 
 
 __all__ = [
+    "UNREADABLE",
     "cancel",
     "claim",
     "count_active",
@@ -250,6 +255,7 @@ __all__ = [
     "progress",
     "prune",
     "queue_position",
+    "release",
     "release_held",
     "requeue_expired",
     "set_delivery_ref",

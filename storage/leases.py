@@ -2,19 +2,25 @@
 
 Public API (all async, ``db`` first):
     claim(db, worker_id, *, kinds=None, lease_seconds=None, reap=True, now=None)
-        -> JobRecord | None
+        -> JobRecord | None                 (jobs whose row cannot be read fail with UNREADABLE)
     heartbeat(db, job_id, worker_id, *, lease_seconds=None) -> bool    (cancel wanted; LeaseLost)
     progress(db, job_id, worker_id, step, total, *, preview=None, lease_seconds=None) -> bool
-    finish(db, job_id, worker_id, results) -> bool     (False: lease lost, nothing written)
-    fail(db, job_id, worker_id, user_message, detail=None, *, retry=False) -> bool
+    finish(db, job_id, worker_id, results, *, note=None, identity=None) -> bool
+        (storage.job_finish; False: lease lost, nothing written)
+    fail(db, job_id, worker_id, user_message, detail=None, *, retry=False, note=None) -> bool
+    release(db, job_id, worker_id) -> bool   (back to the queue, the attempt not counted)
     mark_cancelled(db, job_id, worker_id) -> bool      (stopped because cancel was requested)
     requeue_expired(db, *, now=None) -> RequeueReport
+
+Attempts are counted by claim. A lease that expires (the worker died) keeps the count, so a
+job that kills its workers fails after ``max_attempts``; ``release`` (a graceful stop) and
+a claim that finds the row unreadable are the only transitions that touch the count again.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Sequence
+from collections.abc import Collection
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -37,12 +43,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from storage import fairness
 from storage.db import Database
 from storage.errors import LeaseLost
+from storage.job_finish import check_note
 from storage.job_sql import (
     JOBS,
     QUEUED,
     RESULTS,
     RUNNING,
-    USERS,
     J,
     changed_ids,
     closing,
@@ -53,11 +59,12 @@ from storage.job_sql import (
     requeue_values,
 )
 from storage.models import utcnow
-from storage.records import JobRecord, RequeueReport, ResultData
+from storage.records import JobRecord, RequeueReport
 from storage.schemas import JobKind, JobState, ResultKind
 
 log = logging.getLogger(__name__)
 
+UNREADABLE = "This request could not be read; please send it again."
 LOST_WORKER = ("The job failed: its worker stopped responding (tried ", " times).")
 
 
@@ -79,7 +86,10 @@ async def claim(
     PostgreSQL: ``SELECT … FOR UPDATE SKIP LOCKED`` then a guarded UPDATE; SQLite: one
     ``UPDATE … WHERE id = (SELECT …) AND state='queued' RETURNING`` inside BEGIN IMMEDIATE.
     With ``reap`` expired leases are first handled as by :func:`requeue_expired`, in the
-    same transaction. Returns None when nothing is queued.
+    same transaction. A job whose stored parameters cannot be read fails on the spot with
+    :data:`UNREADABLE` (the parse error goes to its ``error_detail``) and the next job is
+    taken instead, so such a job never blocks the queue; reads still return it (``params``
+    None) so that its failure is delivered. Returns None when nothing is queued.
     """
     lease = _lease(db, lease_seconds)
     async with db.transaction() as s:
@@ -87,12 +97,39 @@ async def claim(
             _log_reaped(await _reap(s, db, now or utcnow()))
         elif db.is_sqlite:
             await s.execute(select(literal(1)))  # BEGIN IMMEDIATE: take the write lock now
-        row = await _claim_row(s, db.dialect, worker_id, kinds, now, lease)
-        if row is None:
-            return None
-    record = JobRecord.of(row, with_input=True)
-    log.info("job %s claimed by %s (attempt %s)", record.id, worker_id, record.attempts)
+        record = await _claim_readable(s, db, worker_id, kinds, now, lease)
+    if record is not None:
+        log.info("job %s claimed by %s (attempt %s)", record.id, worker_id, record.attempts)
     return record
+
+
+async def _claim_readable(
+    s: AsyncSession,
+    db: Database,
+    worker_id: str,
+    kinds: Collection[JobKind] | None,
+    now: datetime | None,
+    lease: timedelta,
+) -> JobRecord | None:
+    """The first claimable job whose row parses; unreadable ones are failed on the way.
+
+    Only kinds this code knows are claimed (``kinds`` narrows them): a job of a kind added by
+    a newer version waits for a worker that knows it.
+    """
+    known = list(JobKind) if kinds is None else kinds
+    while (row := await _claim_row(s, db.dialect, worker_id, known, now, lease)) is not None:
+        try:
+            return JobRecord.of(row, with_input=True, strict=True)
+        except ValueError as exc:  # ParamsError, or a malformed delivery target
+            await _fail_unreadable(s, db, row.id, f"{type(exc).__name__}: {exc}")
+    return None
+
+
+async def _fail_unreadable(s: AsyncSession, db: Database, job_id: int, detail: str) -> None:
+    values = closing(db, JobState.FAILED, utcnow())
+    values.update(error_user=UNREADABLE, error_detail=f"unreadable job: {detail}")
+    await s.execute(update(JOBS).where(J.id == job_id).values(**values))
+    log.error("job %s failed at claim, its row cannot be read: %s", job_id, detail)
 
 
 async def _claim_row(
@@ -180,62 +217,6 @@ async def progress(
     return await _touch(db, job_id, worker_id, values, preview)
 
 
-def _check_results(results: Sequence[ResultData]) -> None:
-    keys = [(r.kind, r.index) for r in results]
-    if len(set(keys)) != len(keys):
-        raise ValueError("results must have unique (kind, index) pairs")
-    if any(not r.png for r in results) or any(r.kind is ResultKind.PREVIEW for r in results):
-        raise ValueError("results need PNG bytes and cannot be previews")
-
-
-async def finish(db: Database, job_id: int, worker_id: str, results: Sequence[ResultData]) -> bool:
-    """Write results and mark the job done, in one transaction.
-
-    Returns False (and writes nothing) if this worker no longer holds the job.
-    """
-    _check_results(results)
-    now = utcnow()
-    values = closing(db, JobState.DONE, now)
-    values["progress_step"] = J.progress_total
-    async with db.transaction() as s:
-        row = await guarded_row(s, held(job_id, worker_id), values)
-        if row is None:
-            log.warning("job %s: finish by %s refused, lease lost", job_id, worker_id)
-            return False
-        await _store_results(s, job_id, row.owner_id, results)
-    log.info(
-        "job %s done by %s (attempt %s, %.1fs): %s results",
-        *(job_id, worker_id, row.attempts, elapsed(row, now), len(results)),
-    )
-    return True
-
-
-async def _store_results(
-    s: AsyncSession, job_id: int, owner_id: int, results: Sequence[ResultData]
-) -> None:
-    await s.execute(delete(RESULTS).where(RESULTS.c.job_id == job_id))
-    if not results:
-        return
-    now = utcnow()
-    rows = [
-        {
-            "job_id": job_id,
-            "index": r.index,
-            "kind": r.kind.value,
-            "png": r.png,
-            "seed": r.seed,
-            "prompt": r.prompt,
-            "identity_score": r.identity_score,
-            "created_at": now,
-        }
-        for r in results
-    ]
-    await s.execute(insert(RESULTS), rows)
-    images = sum(1 for r in results if r.kind is ResultKind.IMAGE)
-    total = USERS.c.images_total + images
-    await s.execute(update(USERS).where(USERS.c.id == owner_id).values(images_total=total))
-
-
 async def fail(
     db: Database,
     job_id: int,
@@ -244,11 +225,13 @@ async def fail(
     detail: str | None = None,
     *,
     retry: bool = False,
+    note: str | None = None,
 ) -> bool:
     """Fail the job with a one-line message for the user and a detail for the log.
 
-    With ``retry`` the job is re-queued instead while attempts remain. Returns False if the
-    worker no longer holds the job. A face job that stored a preview before failing (the
+    With ``retry`` the job is re-queued instead while attempts remain. ``note`` is kept for the
+    user next to the message (e.g. which face detector refused the photo). Returns False if
+    the worker no longer holds the job. A face job that stored a preview before failing (the
     several-faces refusal) keeps its upload for the owner's face choice (storage.jobs).
     """
     now = utcnow()
@@ -259,7 +242,7 @@ async def fail(
                 log.warning("job %s re-queued after error: %s", job_id, detail)
                 return True
         values = closing(db, JobState.FAILED, now)
-        values.update(error_user=user_message, error_detail=detail)
+        values.update(error_user=user_message, error_detail=detail, note=check_note(note))
         if "input_blob" in values:
             values["input_blob"] = _kept_for_face_choice()
         row = await guarded_row(s, held(job_id, worker_id), values)
@@ -270,6 +253,31 @@ async def fail(
         "job %s failed (attempt %s, %.1fs): %s (%s)",
         *(job_id, row.attempts, elapsed(row, now), user_message, detail),
     )
+    return True
+
+
+async def release(db: Database, job_id: int, worker_id: str) -> bool:
+    """Give a running job back to the queue without counting its attempt.
+
+    For a worker that stops gracefully (SIGTERM): that is not the job's fault, so the attempt
+    that claim counted is taken back and the job keeps all its tries. A worker that dies
+    instead (SIGKILL, a crash) cannot call this: its lease expires and the attempt stays
+    counted (:func:`requeue_expired`). A job whose owner asked to cancel it is cancelled
+    rather than re-queued. Returns False if the worker no longer holds the job.
+    """
+    now = utcnow()
+    async with db.transaction() as s:
+        wanted = [*held(job_id, worker_id), J.cancel_requested.is_(True)]
+        if await guarded(s, wanted, closing(db, JobState.CANCELLED, now), J.id) is not None:
+            log.info("job %s cancelled as asked, on release by %s", job_id, worker_id)
+            return True
+        values = requeue_values(now, f"released by {worker_id}") | {"attempts": J.attempts - 1}
+        row = await guarded_row(s, held(job_id, worker_id), values)
+    if row is None:
+        log.warning("job %s: release by %s refused, lease lost", job_id, worker_id)
+        return False
+    seconds = elapsed(row, now)
+    log.info("job %s released by %s after %.1fs, attempt not counted", job_id, worker_id, seconds)
     return True
 
 

@@ -150,6 +150,7 @@ class Job(Base):
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     error_user: Mapped[str | None] = mapped_column(Text)
     error_detail: Mapped[str | None] = mapped_column(Text)
+    note: Mapped[str | None] = mapped_column(Text)  # a summary for the user (migration 0002)
     delivery_platform: Mapped[str | None] = mapped_column(String(32))
     delivery_channel: Mapped[str | None] = mapped_column(String(64))
     delivery_message: Mapped[str | None] = mapped_column(String(256))

@@ -1,7 +1,7 @@
 """Plain, frozen records the storage API returns (never live ORM objects).
 
 UserRecord · IdentitySummary · IdentityRecord · JobRecord · Enqueued · ResultData ·
-ResultRecord · WorkerRecord · RequeueReport · PruneReport · ErasedCounts
+IdentityWrite · ResultRecord · WorkerRecord · RequeueReport · PruneReport · ErasedCounts
 """
 
 from __future__ import annotations
@@ -15,10 +15,12 @@ from storage.schemas import (
     BatchParams,
     CompareParams,
     Delivery,
+    FaceMode,
     FaceParams,
     ImagineParams,
     JobKind,
     JobState,
+    ParamsError,
     ResultKind,
     WorkerState,
     load_params,
@@ -106,12 +108,18 @@ def identity_summary(row: models.Identity) -> IdentitySummary:
 
 @dataclass(frozen=True)
 class JobRecord:
-    """A snapshot of one job. ``input_blob`` is only loaded by claim and get_job."""
+    """A snapshot of one job. ``input_blob`` is only loaded by claim and get_job.
+
+    ``params`` is None when the stored parameters cannot be read (written by another version,
+    or damaged): such a job is failed by claim and never reaches a worker, but reads still
+    return it so that its failure can be delivered. ``note`` is the worker's one-line summary
+    for the user (scores, quality notes), set by finish or fail.
+    """
 
     id: int
     owner_id: int
     kind: JobKind
-    params: Params
+    params: Params | None
     state: JobState
     attempts: int
     max_attempts: int
@@ -122,6 +130,7 @@ class JobRecord:
     cancel_requested: bool
     error_user: str | None
     error_detail: str | None
+    note: str | None
     delivery: Delivery | None
     delivered: bool
     created_at: datetime
@@ -131,13 +140,16 @@ class JobRecord:
     input_blob: bytes | None = None
 
     @classmethod
-    def of(cls, row: Any, *, with_input: bool = False) -> JobRecord:
-        """From an ORM ``Job`` or a Core row of the jobs table."""
+    def of(cls, row: Any, *, with_input: bool = False, strict: bool = False) -> JobRecord:
+        """From an ORM ``Job`` or a Core row of the jobs table.
+
+        Unreadable parameters give ``params=None``, or raise ParamsError when ``strict``.
+        """
         return cls(
             id=row.id,
             owner_id=row.owner_id,
             kind=JobKind(row.kind),
-            params=load_params(row.params),
+            params=_params(row, strict),
             state=JobState(row.state),
             attempts=row.attempts,
             max_attempts=row.max_attempts,
@@ -148,6 +160,7 @@ class JobRecord:
             cancel_requested=row.cancel_requested,
             error_user=row.error_user,
             error_detail=row.error_detail,
+            note=row.note,
             delivery=_delivery(row),
             delivered=row.delivered,
             created_at=row.created_at,
@@ -161,6 +174,18 @@ class JobRecord:
     def held(self) -> bool:
         """A face request waiting for its owner's consent, not a job that ran."""
         return self.state is JobState.CANCELLED and self.error_detail == HELD_DETAIL
+
+
+def _params(row: Any, strict: bool) -> Params | None:
+    try:
+        params = load_params(row.params)
+        if params.kind != row.kind:
+            raise ParamsError(f"parameters of a {params.kind} job in a {row.kind} job")
+    except ParamsError:
+        if strict:
+            raise
+        return None
+    return params
 
 
 def _delivery(row: Any) -> Delivery | None:
@@ -192,6 +217,22 @@ class ResultData:
     prompt: str | None = None
     identity_score: float | None = None
     kind: ResultKind = ResultKind.IMAGE
+
+
+@dataclass(frozen=True)
+class IdentityWrite:
+    """The face a face job saves, written by :func:`storage.jobs.finish` with the job's results.
+
+    ``mode`` ADD saves a new face ``name`` (the owner's first becomes their default); MORE
+    appends the references in ``embedding`` (safetensors bytes, storage.embeddings.pack) to
+    the owner's face ``name``. ``make_default`` makes it the default either way.
+    """
+
+    name: str
+    embedding: bytes
+    mode: FaceMode = FaceMode.ADD
+    thumbnail: bytes | None = None
+    make_default: bool = False
 
 
 @dataclass(frozen=True)

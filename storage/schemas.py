@@ -165,15 +165,23 @@ def dump_params(params: FaceParams | ImagineParams | BatchParams | CompareParams
     return json.dumps({"v": PARAMS_VERSION, "params": params.model_dump(mode="json")})
 
 
+def _first_error(exc: ValidationError) -> str:
+    """The first validation error with where it is (``params.prompt: …``)."""
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    return f"{where}: {first['msg']}" if where else first["msg"]
+
+
 def load_params(
     text: str | dict[str, Any],
 ) -> FaceParams | ImagineParams | BatchParams | CompareParams:
-    """Parse versioned JSON back into typed parameters."""
-    data = json.loads(text) if isinstance(text, str) else text
+    """Parse versioned JSON back into typed parameters (ParamsError when they do not parse)."""
     try:
-        env = _Envelope.model_validate(data)
+        env = _Envelope.model_validate(json.loads(text) if isinstance(text, str) else text)
+    except json.JSONDecodeError as exc:
+        raise ParamsError(f"job parameters are not JSON: {exc}") from exc
     except ValidationError as exc:
-        raise ParamsError(f"invalid job parameters: {exc.errors()[0]['msg']}") from exc
+        raise ParamsError(f"invalid job parameters: {_first_error(exc)}") from exc
     if env.v != PARAMS_VERSION:
         raise ParamsError(
             f"job parameters version {env.v} is not supported (want {PARAMS_VERSION})"

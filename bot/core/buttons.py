@@ -9,8 +9,9 @@ from bot.core.base import command
 from bot.core.errors import BadInput, Forbidden
 from bot.core.messages import Caller, Reply
 from storage import jobs, results, users
+from storage.jobs import UNREADABLE
 from storage.records import JobRecord, UserRecord
-from storage.schemas import FaceParams, ImagineParams
+from storage.schemas import BatchParams, CompareParams, FaceParams, ImagineParams
 
 NOT_YOURS = "This button is not for you."
 #: Vary moves the seed by 1..VARY_SPAN; each press (the user's job count) takes the next step.
@@ -58,19 +59,20 @@ class ButtonCommands(AccountCommands):
     async def _reroll(self, caller: Caller, user: UserRecord, job: JobRecord, _: int) -> Reply:
         if isinstance(job.params, FaceParams):
             raise BadInput("only image jobs can be re-rolled")
-        gs = job.params.settings.model_copy(update={"seed": None})
-        return await self._enqueue(caller, user, job.params.model_copy(update={"settings": gs}))
+        params = _readable(job)
+        gs = params.settings.model_copy(update={"seed": None})
+        return await self._enqueue(caller, user, params.model_copy(update={"settings": gs}))
 
     async def _vary(self, caller: Caller, user: UserRecord, job: JobRecord, index: int) -> Reply:
         """Image ``index`` again: same prompt and settings, a nearby seed (another per press)."""
         image = await self._image(user, job, index)
-        assert not isinstance(job.params, FaceParams)
+        old = _readable(job)
         if image.seed is None:
             raise BadInput("that image has no recorded seed")
         seed = nearby_seed(image.seed, user.jobs_total)
-        gs = job.params.settings.model_copy(update={"seed": seed})
+        gs = old.settings.model_copy(update={"seed": seed})
         prompt = image.prompt or _prompt_of(job, index)
-        params = ImagineParams(identity_id=job.params.identity_id, prompt=prompt, settings=gs)
+        params = ImagineParams(identity_id=old.identity_id, prompt=prompt, settings=gs)
         return await self._enqueue(caller, user, params)
 
     async def _use_seed(
@@ -112,6 +114,14 @@ class ButtonCommands(AccountCommands):
             raise BadInput(f"choose a face from 1 to {count}")
         params = job.params.model_copy(update={"face_index": number, "crop": None})
         return await self._enqueue(caller, user, params, input_from=job.id)
+
+
+def _readable(job: JobRecord) -> ImagineParams | BatchParams | CompareParams:
+    """The parameters of a generated-image job, or BadInput when they cannot be read."""
+    if job.params is None:
+        raise BadInput(UNREADABLE)
+    assert not isinstance(job.params, FaceParams)
+    return job.params
 
 
 def _prompt_of(job: JobRecord, index: int) -> str:

@@ -1,4 +1,5 @@
-"""Migrations: upgrade creates the schema; the schema check refuses empty and newer databases."""
+"""Migrations: upgrade creates the schema and carries data from 0001 to head; the schema check
+refuses empty, older and newer databases."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from pg_support import create_pg_database, drop_pg_database, pg_base_url, sqlite_url
@@ -15,7 +17,9 @@ from sqlalchemy import inspect, text
 from storage import db as storage_db
 from storage.db import Database, check_schema, current_revision, head_revision, upgrade
 from storage.errors import SchemaError
+from storage.jobs import get_job
 from storage.models import Base
+from storage.schemas import JobState
 
 TABLES = {"users", "identities", "jobs", "results", "workers", "alembic_version"}
 
@@ -133,3 +137,74 @@ async def test_limits_from_settings_and_pool_size(tmp_path: Path) -> None:
     db = await Database.open(url, limits=limits, pool_size=2)
     assert db.limits is limits and db.engine.pool.size() == 2  # type: ignore[attr-defined]
     await db.close()
+
+
+async def _insert_0001_rows(url: str) -> None:
+    """A user and a finished job written under the 0001 schema (before jobs had a note)."""
+    engine = storage_db.create_engine(url)
+    now = "'2026-11-20 10:00:00.000000'"  # a literal both dialects read as a timestamp
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO users (id, platform, platform_user_id, settings, banned,"
+                    " jobs_total, images_total, created_at, updated_at)"
+                    f" VALUES (1, 'discord', 'u1', '{{}}', false, 1, 0, {now}, {now})"
+                )
+            )
+            await conn.execute(
+                text(
+                    "INSERT INTO jobs (id, owner_id, kind, params, state, attempts, max_attempts,"
+                    " progress_step, progress_total, cancel_requested, error_user,"
+                    " delivery_extra, delivered, created_at, updated_at, finished_at)"
+                    " VALUES (7, 1, 'imagine', :params, 'failed', 1, 3, 0, 0, false, 'boom',"
+                    f" '{{}}', false, {now}, {now}, {now})"
+                ),
+                {"params": PARAMS_0001},
+            )
+    finally:
+        await engine.dispose()
+
+
+PARAMS_0001 = '{"v": 1, "params": {"kind": "imagine", "identity_id": 3, "prompt": "a portrait"}}'
+
+
+async def test_upgrade_from_0001_keeps_jobs_and_adds_the_note(empty_url: str) -> None:
+    assert await upgrade(empty_url, "0001") == "0001"
+    await _insert_0001_rows(empty_url)
+    with pytest.raises(SchemaError, match="older"):
+        await Database.open(empty_url)
+    assert await upgrade(empty_url) == head_revision() != "0001"
+    db = await Database.open(empty_url)
+    try:
+        job = await get_job(db, 7, owner_id=1)
+        assert (job.state, job.error_user, job.note) == (JobState.FAILED, "boom", None)
+        assert job.params is not None and job.params.kind == "imagine"
+        async with db.transaction() as s:
+            await s.execute(text("UPDATE jobs SET note = 'kept' WHERE id = 7"))
+        assert (await get_job(db, 7)).note == "kept"
+    finally:
+        await db.close()
+
+
+async def test_downgrade_to_0001_drops_only_the_note(empty_url: str) -> None:
+    await upgrade(empty_url, "0001")
+    await _insert_0001_rows(empty_url)
+    await upgrade(empty_url)
+    engine = storage_db.create_engine(empty_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(_downgrade, empty_url, "0001")
+        assert await current_revision(empty_url) == "0001"
+        async with engine.connect() as conn:
+            columns = await conn.run_sync(lambda c: inspect(c).get_columns("jobs"))
+            count = await conn.scalar(text("SELECT count(*) FROM jobs"))
+    finally:
+        await engine.dispose()
+    assert "note" not in {c["name"] for c in columns} and count == 1
+
+
+def _downgrade(sync_conn: object, url: str, revision: str) -> None:
+    cfg = storage_db.alembic_config(url)
+    cfg.attributes["connection"] = sync_conn
+    command.downgrade(cfg, revision)
