@@ -4,34 +4,27 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 from fake_telegram import TOKEN, FakeTelegram
 from test_telegram_harness import (
+    ALICE,
     Updates,
     answering,
     private_chat,
     running_bot,
-    serving,
     telegram_settings,
     user,
 )
+from test_telegram_harness import server as server
 
 from bot.core.app import Core
 from bot.telegram import TelegramAdapter, start_telegram
 from storage.config import ConfigError, ModerationSettings, Settings, TelegramSettings
 
-ALICE = user(42, "Alice")
 ADMIN = user(999, "Admin")
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[FakeTelegram]:
-    async with serving() as fake:
-        yield fake
 
 
 def free_port() -> int:

@@ -5,48 +5,44 @@ Every press must be answered exactly once (the fake server refuses a second answ
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 from bot_helpers import astronaut_png
 from bot_worker_fixture import FixtureWorker
-from fake_telegram import FakeTelegram
+from fake_telegram import Call, FakeTelegram
 from test_telegram_harness import (
+    ALICE,
+    CHAT,
     Updates,
     answering,
-    private_chat,
+    consented,
     running_bot,
-    saved_face,
-    serving,
     user,
 )
+from test_telegram_harness import alice as alice
+from test_telegram_harness import server as server
 
 from bot.core.app import Core
 from storage import jobs, users
 from storage.config import Settings
 from storage.errors import NotFound
 
-ALICE = user(42, "Alice")
 BOB = user(77, "Bob")
-CHAT = private_chat(ALICE)
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[FakeTelegram]:
-    async with serving() as fake:
-        yield fake
-
-
-@pytest.fixture
-async def alice(core: Core, worker: FixtureWorker, server: FakeTelegram) -> Updates:
-    await saved_face(core, worker, ALICE, CHAT)
-    return Updates(server, ALICE, CHAT)
 
 
 def answered_once(server: FakeTelegram, queries: list[str]) -> None:
     calls = server.calls_to("answerCallbackQuery")
     assert sorted(c.params["callback_query_id"] for c in calls) == sorted(queries)
     assert all(c.error is None for c in calls)
+
+
+async def delivered_photo(
+    alice: Updates, worker: FixtureWorker, text: str = "/imagine a cat"
+) -> tuple[Call, int]:
+    """Alice's command, queued and run by the fixture worker: the photo sent and the job id."""
+    command = alice.message(text)
+    await alice.server.wait_for("sendMessage", answering(command))
+    [job_id] = await worker.drain()
+    return await alice.server.wait_for("sendPhoto"), job_id
 
 
 async def test_delete_removes_the_album_and_its_keyboard(
@@ -74,10 +70,7 @@ async def test_a_press_telegram_no_longer_takes_an_answer_for_still_acts(
     settings: Settings, core: Core, worker: FixtureWorker, server: FakeTelegram, alice: Updates
 ) -> None:
     async with running_bot(settings, core, server):
-        command = alice.message("/imagine a cat")
-        await server.wait_for("sendMessage", answering(command))
-        [job_id] = await worker.drain()
-        photo = await server.wait_for("sendPhoto")
+        photo, job_id = await delivered_photo(alice, worker)
         server.fail_next("answerCallbackQuery", 400, "Bad Request: query is too old")
         alice.press(photo.result, photo.button("Delete"))
         deleted = await server.wait_for("deleteMessages")
@@ -91,10 +84,7 @@ async def test_forged_message_ids_in_callback_data_are_ignored(
 ) -> None:
     async with running_bot(settings, core, server):
         other = alice.message("/help")  # a message that must survive
-        command = alice.message("/imagine a cat")
-        await server.wait_for("sendMessage", answering(command))
-        [job_id] = await worker.drain()
-        photo = await server.wait_for("sendPhoto")
+        photo, job_id = await delivered_photo(alice, worker)
         forged = f"rm:{job_id}|{other['message_id']:x}|AAAAAAAA"
         query = alice.press(photo.result, forged)
         deleted = await server.wait_for("deleteMessages")
@@ -107,10 +97,7 @@ async def test_use_seed_is_a_toast_and_reroll_a_new_receipt(
     settings: Settings, core: Core, worker: FixtureWorker, server: FakeTelegram, alice: Updates
 ) -> None:
     async with running_bot(settings, core, server):
-        command = alice.message("/imagine a cat --seed 1234")
-        await server.wait_for("sendMessage", answering(command))
-        await worker.drain()
-        photo = await server.wait_for("sendPhoto")
+        photo, _ = await delivered_photo(alice, worker, "/imagine a cat --seed 1234")
         seed_query = alice.press(photo.result, photo.button("Use seed"))
         toast = await server.wait_for("answerCallbackQuery")
         reroll_query = alice.press(photo.result, photo.button("Re-roll"))
@@ -128,10 +115,7 @@ async def test_someone_elses_button_is_an_alert(
 ) -> None:
     bob = Updates(server, BOB, CHAT)
     async with running_bot(settings, core, server):
-        command = alice.message("/imagine a cat")
-        await server.wait_for("sendMessage", answering(command))
-        [job_id] = await worker.drain()
-        photo = await server.wait_for("sendPhoto")
+        photo, job_id = await delivered_photo(alice, worker)
         query = bob.press(photo.result, photo.button("Delete"))
         alert = await server.wait_for("answerCallbackQuery")
     assert alert.params["show_alert"] is True and alert.params["text"]
@@ -145,8 +129,7 @@ async def test_face_choice_buttons_under_the_numbered_preview(
 ) -> None:
     group_worker = FixtureWorker(core.db, faces_in_photo=3)
     alice = Updates(server, ALICE, CHAT)
-    row = await users.get_or_create_user(core.db, "telegram", str(ALICE["id"]))
-    await users.record_consent(core.db, row.id)
+    await consented(core, ALICE)
     async with running_bot(settings, core, server):
         alice.message(caption="/face add crew", document=astronaut_png())
         await server.wait_for("sendMessage", lambda c: "queued" in c.params["text"])

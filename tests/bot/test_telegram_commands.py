@@ -2,36 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-import pytest
 from bot_worker_fixture import FixtureWorker
 from fake_telegram import BOT_USER, FakeTelegram
 from test_telegram_harness import (
+    ALICE,
+    GROUP,
     Updates,
     answering,
-    group_chat,
     private_chat,
     running_bot,
     saved_face,
-    serving,
-    user,
 )
+from test_telegram_harness import alice as alice
+from test_telegram_harness import server as server
 
 from bot.core.app import Core
 from bot.telegram.handlers import MENU, TELEGRAM_HELP
 from storage import jobs
 from storage.config import Settings
 from storage.schemas import BatchParams, CompareParams, ImagineParams, JobState
-
-ALICE = user(42, "Alice")
-GROUP = group_chat()
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[FakeTelegram]:
-    async with serving() as fake:
-        yield fake
 
 
 async def test_start_publishes_the_menu_and_polls(
@@ -77,10 +66,8 @@ async def test_imagine_addressed_to_the_bot_in_a_group_is_queued(
 
 
 async def test_batch_takes_one_prompt_per_following_line(
-    settings: Settings, core: Core, worker: FixtureWorker, server: FakeTelegram
+    settings: Settings, core: Core, server: FakeTelegram, alice: Updates
 ) -> None:
-    await saved_face(core, worker, ALICE, private_chat(ALICE))
-    alice = Updates(server, ALICE, private_chat(ALICE))
     async with running_bot(settings, core, server):
         alice.message("/batch me\na knight --steps 4\na pirate\na chef")
         await server.wait_for("sendMessage", lambda c: "queued" in c.params["text"])
@@ -94,11 +81,8 @@ async def test_batch_takes_one_prompt_per_following_line(
 
 
 async def test_jobs_cancel_and_settings(
-    settings: Settings, core: Core, worker: FixtureWorker, server: FakeTelegram
+    settings: Settings, core: Core, server: FakeTelegram, alice: Updates
 ) -> None:
-    await saved_face(core, worker, ALICE, private_chat(ALICE))
-    alice = Updates(server, ALICE, private_chat(ALICE))
-
     async def say(text: str) -> str:
         sent = alice.message(text)
         answer = await server.wait_for("sendMessage", answering(sent))
@@ -130,10 +114,8 @@ async def test_unknown_commands_answered_in_private_ignored_in_groups(
 
 
 async def test_forget_erases_after_confirmation(
-    settings: Settings, core: Core, worker: FixtureWorker, server: FakeTelegram
+    settings: Settings, core: Core, server: FakeTelegram, alice: Updates
 ) -> None:
-    await saved_face(core, worker, ALICE, private_chat(ALICE))
-    alice = Updates(server, ALICE, private_chat(ALICE))
     async with running_bot(settings, core, server):
         alice.message("/forget")
         ask = await server.wait_for("sendMessage")

@@ -1,6 +1,8 @@
 """Helpers for the Telegram adapter tests: real update JSON, and the adapter run against the fake.
 
-(No tests here; the name keeps it with the Telegram test files.)
+(No tests here; the name keeps it with the Telegram test files.) The fixtures at the end are
+shared by importing them under their own names: ``from test_telegram_harness import server as
+server``.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import pytest
 from bot_helpers import add_face
 from bot_worker_fixture import FixtureWorker
 from fake_telegram import Call, FakeTelegram
@@ -18,7 +21,7 @@ from fake_telegram import Call, FakeTelegram
 from bot.core.app import Core
 from bot.core.messages import Caller
 from bot.telegram.app import TelegramAdapter
-from storage import jobs
+from storage import jobs, users
 from storage.config import Settings, TelegramSettings
 
 # ---- real update JSON ------------------------------------------------------------------------
@@ -34,6 +37,11 @@ def private_chat(who: dict[str, Any]) -> dict[str, Any]:
 
 def group_chat(chat_id: int = -1001234567890, title: str = "Friends") -> dict[str, Any]:
     return {"id": chat_id, "type": "supergroup", "title": title}
+
+
+ALICE = user(42, "Alice")
+CHAT = private_chat(ALICE)  # Alice's private chat with the bot
+GROUP = group_chat()
 
 
 class Updates:
@@ -185,3 +193,25 @@ async def saved_face(
     receipt = await add_face(core, worker, caller, name)
     assert receipt.job_id is not None
     await jobs.mark_delivered(core.db, receipt.job_id)
+
+
+async def consented(core: Core, who: dict[str, Any]) -> None:
+    """``who`` has agreed to face storage (no face saved yet)."""
+    row = await users.get_or_create_user(core.db, "telegram", str(who["id"]))
+    await users.record_consent(core.db, row.id)
+
+
+# ---- shared fixtures -------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[FakeTelegram]:
+    async with serving() as fake:
+        yield fake
+
+
+@pytest.fixture
+async def alice(core: Core, worker: FixtureWorker, server: FakeTelegram) -> Updates:
+    """Alice in her private chat, with a saved face named 'me'."""
+    await saved_face(core, worker, ALICE, CHAT)
+    return Updates(server, ALICE, CHAT)

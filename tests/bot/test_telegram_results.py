@@ -7,41 +7,20 @@ API (claim → progress → finish), exactly as the worker writes to the databas
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import pytest
 from bot_worker_fixture import FixtureWorker, png
 from fake_telegram import Call, FakeTelegram
-from test_telegram_harness import (
-    Updates,
-    answering,
-    private_chat,
-    running_bot,
-    saved_face,
-    serving,
-    user,
-)
+from test_telegram_harness import Updates, answering, running_bot
+from test_telegram_harness import alice as alice
+from test_telegram_harness import server as server
 
 from bot.core.app import Core
 from storage import jobs
 from storage.config import Settings
 from storage.records import ResultData
 from storage.schemas import JobState
-
-ALICE = user(42, "Alice")
-CHAT = private_chat(ALICE)
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[FakeTelegram]:
-    async with serving() as fake:
-        yield fake
-
-
-@pytest.fixture
-async def alice(core: Core, worker: FixtureWorker, server: FakeTelegram) -> Updates:
-    await saved_face(core, worker, ALICE, CHAT)
-    return Updates(server, ALICE, CHAT)
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:

@@ -2,42 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 from bot_helpers import astronaut_png
 from bot_worker_fixture import FixtureWorker
 from fake_telegram import FakeTelegram
 from test_telegram_harness import (
+    ALICE,
+    GROUP,
     Updates,
     answering,
-    group_chat,
+    consented,
     private_chat,
     running_bot,
     saved_face,
-    serving,
-    user,
 )
+from test_telegram_harness import alice as alice
+from test_telegram_harness import server as server
 
 from bot.core.app import Core
 from bot.telegram.uploads import TIP
-from storage import identities, users
+from storage import identities
 from storage.config import Settings
 
-ALICE = user(42, "Alice")
-GROUP = group_chat()
 MB = 1024 * 1024
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[FakeTelegram]:
-    async with serving() as fake:
-        yield fake
-
-
-async def consented(core: Core, who: dict) -> None:
-    user_row = await users.get_or_create_user(core.db, "telegram", str(who["id"]))
-    await users.record_consent(core.db, user_row.id)
 
 
 async def test_photo_caption_asks_consent_then_saves_the_face(
@@ -120,10 +107,8 @@ async def test_refused_before_any_download(
 
 
 async def test_face_show_in_a_private_chat_sends_the_thumbnail(
-    settings: Settings, core: Core, worker: FixtureWorker, server: FakeTelegram
+    settings: Settings, core: Core, server: FakeTelegram, alice: Updates
 ) -> None:
-    await saved_face(core, worker, ALICE, private_chat(ALICE))
-    alice = Updates(server, ALICE, private_chat(ALICE))
     async with running_bot(settings, core, server):
         sent = alice.message("/face show me")
         shown = await server.wait_for("sendPhoto", answering(sent))
