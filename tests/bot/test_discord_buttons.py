@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 from bot_worker_fixture import FixtureWorker
 from test_discord_fakeapi import (
@@ -18,28 +16,18 @@ from test_discord_support import (
     Harness,
     button_id,
     face_add,
-    harness,
     option,
     save_faces,
     stored_receipt,
 )
+from test_discord_support import h as h
 
-from bot.core.app import Core
 from bot.core.buttons import VARY_SPAN
 from bot.core.messages import Button
 from bot.discord.views import ActionButton, ButtonsView
 from storage import jobs, users
-from storage.config import Settings
 from storage.errors import NotFound
 from storage.schemas import FaceParams, ImagineParams, JobState
-
-
-@pytest.fixture
-async def h(
-    settings: Settings, core: Core, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[Harness]:
-    async with harness(settings, core, monkeypatch) as running:
-        yield running
 
 
 async def deliver_image(h: Harness, worker: FixtureWorker) -> Call:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -29,6 +28,7 @@ from test_discord_support import (
     save_faces,
     stored_receipt,
 )
+from test_discord_support import h as h
 
 from bot.core.app import Core
 from bot.discord.client import INVITE_PERMISSIONS, DiscordAdapter, intents, invite_url
@@ -40,14 +40,6 @@ from storage.schemas import BatchParams, FaceParams, ImagineParams
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
     return settings.model_copy(update={"limits": LimitSettings(max_identities_per_user=40)})
-
-
-@pytest.fixture
-async def h(
-    settings: Settings, core: Core, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[Harness]:
-    async with harness(settings, core, monkeypatch) as running:
-        yield running
 
 
 async def test_login_syncs_every_command_for_servers_and_dms(h: Harness) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import io
-from collections.abc import AsyncIterator
 from functools import cache
 
 import numpy as np
@@ -28,12 +27,12 @@ from test_discord_support import (
     Harness,
     command_data,
     form_data,
-    harness,
     interaction_payload,
     option,
     save_faces,
     stored_receipt,
 )
+from test_discord_support import h as h
 
 from bot.core.app import Core
 from bot.discord.files import MAX_UPLOAD_BYTES
@@ -49,13 +48,10 @@ def settings(settings: Settings) -> Settings:
     return settings.model_copy(update={"limits": LimitSettings(max_batch_prompts=12)})
 
 
-@pytest.fixture
-async def h(
-    settings: Settings, core: Core, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[Harness]:
-    async with harness(settings, core, monkeypatch) as running:
-        await save_faces(core, ALICE, "me")
-        yield running
+@pytest.fixture(autouse=True)
+async def alice_has_a_face(h: Harness) -> None:
+    """Every test here starts with Alice's saved face 'me'."""
+    await save_faces(h.core, ALICE, "me")
 
 
 async def imagine(h: Harness, prompt: str = "a chef", **payload: object) -> dict:

@@ -261,6 +261,19 @@ async def harness(
         await fake.stop()
 
 
+@pytest.fixture
+async def h(
+    settings: Settings, core: Core, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Harness]:
+    """The bot under test, logged in to a fresh fake.
+
+    Test modules share it by importing it under its own name: ``from test_discord_support
+    import h as h``.
+    """
+    async with harness(settings, core, monkeypatch) as running:
+        yield running
+
+
 async def save_faces(core: Core, user: int, *names: str) -> None:
     """Faces saved straight into storage (consent given), as finished face jobs leave them."""
     record = await users.get_or_create_user(core.db, "discord", str(user))
