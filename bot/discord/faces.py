@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import TYPE_CHECKING
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.core.messages import Reply
+from bot.core.messages import Attachment, Reply
 from bot.discord.autocomplete import own_faces
 from bot.discord.context import Interaction, caller_of
 from bot.discord.files import download
@@ -46,15 +48,9 @@ class FaceCog(commands.GroupCog, group_name="face", group_description="Your save
         face: FaceNumber | None = None,
         default: bool = False,
     ) -> None:
-        caller, limit = caller_of(interaction), self.core.limits.max_upload_bytes
-
-        async def work() -> Reply:
-            photo = await download(image, limit, "photo")
-            return await self.core.face_add(
-                caller, name, photo, crop=crop, face=face, make_default=default
-            )
-
-        await self.bot.answer(interaction, work(), private=False)
+        caller = caller_of(interaction)
+        save = partial(self.core.face_add, caller, name, crop=crop, face=face, make_default=default)
+        await self._with_upload(interaction, image, "photo", save, private=False)
 
     @app_commands.command(name="more", description="Add another photo of a saved face")
     @app_commands.describe(name="The saved face", image="Another photo of the same person")
@@ -67,13 +63,8 @@ class FaceCog(commands.GroupCog, group_name="face", group_description="Your save
         crop: str | None = None,
         face: FaceNumber | None = None,
     ) -> None:
-        caller, limit = caller_of(interaction), self.core.limits.max_upload_bytes
-
-        async def work() -> Reply:
-            photo = await download(image, limit, "photo")
-            return await self.core.face_more(caller, name, photo, crop=crop, face=face)
-
-        await self.bot.answer(interaction, work(), private=False)
+        add = partial(self.core.face_more, caller_of(interaction), name, crop=crop, face=face)
+        await self._with_upload(interaction, image, "photo", add, private=False)
 
     @app_commands.command(name="list", description="Your saved faces")
     async def list_(self, interaction: Interaction) -> None:
@@ -104,10 +95,22 @@ class FaceCog(commands.GroupCog, group_name="face", group_description="Your save
     async def import_(
         self, interaction: Interaction, file: discord.Attachment, name: Name | None = None
     ) -> None:
-        caller, limit = caller_of(interaction), self.core.limits.max_upload_bytes
+        load = partial(self.core.face_import, caller_of(interaction), name=name)
+        await self._with_upload(interaction, file, "face file", load)
+
+    async def _with_upload(
+        self,
+        interaction: Interaction,
+        upload: discord.Attachment,
+        what: str,
+        act: Callable[[Attachment], Awaitable[Reply]],
+        *,
+        private: bool = True,
+    ) -> None:
+        """Answer with ``act`` on the uploaded file (refused unread when it is too large)."""
+        limit = self.core.limits.max_upload_bytes
 
         async def work() -> Reply:
-            upload = await download(file, limit, "face file")
-            return await self.core.face_import(caller, upload, name)
+            return await act(await download(upload, limit, what))
 
-        await self.bot.answer(interaction, work())
+        await self.bot.answer(interaction, work(), private=private)

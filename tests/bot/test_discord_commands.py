@@ -25,16 +25,19 @@ from test_discord_support import (
     harness,
     interaction_payload,
     option,
+    photo_upload,
     save_faces,
     stored_receipt,
+    upload,
+    upload_option,
 )
 from test_discord_support import h as h
 
 from bot.core.app import Core
 from bot.discord.client import INVITE_PERMISSIONS, DiscordAdapter, intents, invite_url
-from storage import jobs, users
+from storage import identities, jobs, users
 from storage.config import ConfigError, LimitSettings, Settings, load_settings
-from storage.schemas import BatchParams, FaceParams, ImagineParams
+from storage.schemas import BatchParams, FaceMode, FaceParams, ImagineParams
 
 
 @pytest.fixture
@@ -130,6 +133,31 @@ async def test_face_number_option_reaches_the_job(h: Harness) -> None:
     assert call.body["type"] == 4 and not call.flags & 64 and "queued" in call.content
     [job] = await jobs.list_jobs(h.core.db, platform="discord")
     assert isinstance(job.params, FaceParams) and job.params.face_index == 2
+
+
+async def test_face_more_downloads_the_photo_then_queues_it(h: Harness) -> None:
+    await save_faces(h.core, ALICE, "me")
+    image = photo_upload(h)
+    options = [option("name", "me"), upload_option("image", int(image["id"])), option("face", 2)]
+    call = await h.callback(h.command("face", *options, sub="more", uploads=[image]))
+    assert call.body["type"] == 4 and not call.flags & 64 and "(face) queued" in call.content
+    assert len(h.fake.find("GET", r"/cdn/astronaut.png$")) == 1
+    [job] = await jobs.list_jobs(h.core.db, platform="discord")
+    assert isinstance(job.params, FaceParams) and job.params.mode is FaceMode.MORE
+    assert job.params.name == "me" and job.params.face_index == 2
+
+
+async def test_an_exported_face_imports_under_a_new_name(h: Harness) -> None:
+    await save_faces(h.core, ALICE, "me")
+    exported = await h.callback(h.command("face", option("name", "me"), sub="export"))
+    [(filename, data)] = exported.files
+    file = upload(h.fake.add_upload(filename, data), filename, len(data))
+    options = [upload_option("file", int(file["id"])), option("name", "copy")]
+    call = await h.callback(h.command("face", *options, sub="import", uploads=[file]))
+    assert call.flags & 64 and call.content.startswith("Imported 'copy'")
+    user = await users.find_user(h.core.db, "discord", str(ALICE))
+    faces = await identities.list_identities(h.core.db, user.id)
+    assert sorted(f.name for f in faces) == ["copy", "me"]
 
 
 async def test_autocomplete_offers_only_the_callers_faces(h: Harness) -> None:
