@@ -1,7 +1,8 @@
-"""Shared engine fixtures: real photos shipped in installed packages, tiny face models."""
+"""Shared engine fixtures: real photos from installed packages, tiny face models, torch threads."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -74,3 +75,17 @@ def tiny_parser():
     from engine.parsing import FaceParser
 
     return FaceParser.tiny(seed=0)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """torch on one thread for a module (``pytest.mark.usefixtures``), restored afterwards.
+
+    Tiny models run fastest on one thread, and do not fight parallel test runs.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

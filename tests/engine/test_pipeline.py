@@ -20,15 +20,7 @@ from engine.pipeline import (
 from engine.pulid import PulidAdapter
 
 PARAMS = SamplingParams(width=64, height=48, steps=4, seed=7, max_sequence_length=32)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread (and do not fight parallel test runs)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -17,14 +17,7 @@ from engine.presets import (
 )
 
 PARAMS = SamplingParams(width=64, height=64, steps=3, seed=5, max_sequence_length=32)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
