@@ -2,7 +2,8 @@
 
 Refusals (no face, several faces, a face encoded by other weights, bad settings) and storage
 errors carry their own user message. Out-of-memory errors, CUDA or CPU, are recognised by type
-and by the allocators' messages, so the worker can free memory and carry on. Anything else is a
+and by the allocators' messages (engine.presets), so the worker can free memory and carry on;
+the engine's own calls already say whether the GPU or the machine ran out. Anything else is a
 bug: the user gets a generic line, the log gets the traceback.
 """
 
@@ -10,36 +11,31 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from engine.faces_choice import FaceError
 from engine.identity import FingerprintMismatch, IdentityInputError
 from engine.images import ImageError
+from engine.memory import MemoryPlan
 from engine.pipeline import PipelineInputError
-from engine.presets import EngineOutOfMemory
+from engine.presets import EngineOutOfMemory, is_out_of_memory, out_of_memory_message
 from storage.errors import StorageError
 from storage.schemas import ParamsError
 
 INTERNAL = "Something went wrong in the engine; the error was logged. Please try again later."
-OUT_OF_MEMORY = "The engine ran out of memory on this job; try a smaller size or fewer prompts."
-SHUTDOWN = "The worker stopped before your job finished; please send it again."
-#: Substrings of the allocators' messages (PyTorch CPU/CUDA, cuBLAS/cuDNN, ONNX Runtime).
-OOM_MARKERS = (
-    "out of memory",
-    "can't allocate memory",
-    "cannot allocate memory",
-    "cublas_status_alloc_failed",
-    "failed to allocate memory",
-)
+#: An allocation failure on an unknown device (the worker names the GPU or the machine).
+OUT_OF_MEMORY = "The worker ran out of memory on this job; try a smaller size."
 
 
 class JobRefused(Exception):
-    """The job cannot be done as asked; ``user_message`` says why, ``preview`` may show it."""
+    """The job cannot be done as asked; ``user_message`` says why, ``preview`` may show it,
+    ``note`` may explain it (kept as the job's note, e.g. a weaker face detector)."""
 
-    def __init__(self, user_message: str, *, preview: bytes | None = None) -> None:
+    def __init__(
+        self, user_message: str, *, preview: bytes | None = None, note: str | None = None
+    ) -> None:
         super().__init__(user_message)
         self.user_message = user_message
         self.preview = preview or None
+        self.note = note or None
 
 
 @dataclass(frozen=True)
@@ -50,6 +46,7 @@ class Failure:
     detail: str
     out_of_memory: bool = False
     unexpected: bool = False
+    note: str | None = None
 
 
 def sentence(text: str) -> str:
@@ -61,13 +58,6 @@ def sentence(text: str) -> str:
     return line if line.endswith((".", "!", "?")) else line + "."
 
 
-def is_out_of_memory(exc: BaseException) -> bool:
-    """A device or host allocation failure, whatever layer raised it."""
-    if isinstance(exc, EngineOutOfMemory | torch.OutOfMemoryError | MemoryError):
-        return True
-    return isinstance(exc, RuntimeError) and any(m in str(exc).lower() for m in OOM_MARKERS)
-
-
 def _detail(exc: BaseException) -> str:
     """``Type: message``, followed by the cause's, for the log and the job's error detail."""
     text = f"{type(exc).__name__}: {exc}"
@@ -75,16 +65,23 @@ def _detail(exc: BaseException) -> str:
     return text if cause is None else f"{text} (from {type(cause).__name__}: {cause})"
 
 
-def describe(exc: BaseException) -> Failure:
-    """The user message and log detail of a job that raised ``exc``."""
+def describe(exc: BaseException, memory: MemoryPlan | None = None) -> Failure:
+    """The user message and log detail of a job that raised ``exc`` on ``memory``'s device."""
     detail = _detail(exc)
-    if isinstance(exc, JobRefused | StorageError | FaceError | ImageError):
+    if isinstance(exc, JobRefused):
+        return Failure(exc.user_message, detail, note=exc.note)
+    if isinstance(exc, StorageError | FaceError | ImageError):
         return Failure(exc.user_message, detail)
     if is_out_of_memory(exc):
-        message = sentence(str(exc)) if isinstance(exc, EngineOutOfMemory) else OUT_OF_MEMORY
-        return Failure(message, detail, out_of_memory=True)
+        return Failure(_out_of_memory(exc, memory), detail, out_of_memory=True)
     if isinstance(exc, PipelineInputError | ParamsError):
         return Failure(sentence(f"Invalid settings: {exc}"), detail)
     if isinstance(exc, FingerprintMismatch | IdentityInputError):
         return Failure(sentence(str(exc)), detail)
     return Failure(INTERNAL, detail, unexpected=True)
+
+
+def _out_of_memory(exc: BaseException, memory: MemoryPlan | None) -> str:
+    if isinstance(exc, EngineOutOfMemory):
+        return exc.user_message
+    return OUT_OF_MEMORY if memory is None else out_of_memory_message(exc, memory)

@@ -1,8 +1,9 @@
 """What the face, imagine and batch jobs do (compare lives in :mod:`engine.compare`).
 
-A runner takes a :class:`JobContext` and returns a :class:`JobOutcome`: the results to store and a
-one-line summary for the user. It raises :class:`~engine.jobs_errors.JobRefused` (or a storage or
-engine error carrying a user message) when the job cannot be done as asked, and
+A runner takes a :class:`JobContext` and returns a :class:`JobOutcome`: the results to store, a
+one-line summary for the user and, for a face job, the identity to save (the worker's finish
+writes all of them in one transaction). It raises :class:`~engine.jobs_errors.JobRefused` (or a
+storage or engine error carrying a user message) when the job cannot be done as asked, and
 :class:`~engine.pipeline.GenerationCancelled` when the monitor asked it to stop. Model work runs on
 the worker's compute thread (:meth:`JobContext.compute`); storage calls stay on the event loop.
 """
@@ -19,7 +20,6 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
-import numpy as np
 from PIL import Image
 
 from engine import codec
@@ -30,27 +30,26 @@ from engine.jobs_errors import JobRefused, sentence
 from engine.jobs_monitor import JobMonitor
 from engine.pipeline import GenerationCancelled, Progress, SamplingParams
 from engine.presets import Engine
-from engine.scoring import IdentityScore, unit
+from engine.scoring import IdentityScore
 from storage import embeddings, identities
 from storage.db import Database
-from storage.errors import NameTaken, NotFound
-from storage.records import IdentityRecord, JobRecord, ResultData
-from storage.schemas import FaceMode, FaceParams, GenerationSettings
+from storage.records import IdentityRecord, IdentityWrite, JobRecord, ResultData
+from storage.schemas import FaceParams, GenerationSettings
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 NO_UPLOAD = "The uploaded photo is no longer available; please send it again."
-#: Two encodings of the same photo by the same weights agree to this tolerance.
-SAME_FACE_ATOL = 1e-4
 
 
 @dataclass(frozen=True)
 class JobOutcome:
-    """What a finished job stores: its results, and a summary line for the user."""
+    """What a finished job stores: its results, a summary line for the user (the job's note)
+    and, for a face job, the identity that the finish saves with them."""
 
     results: list[ResultData]
     note: str | None = None
+    identity: IdentityWrite | None = None
 
 
 @dataclass
@@ -93,20 +92,26 @@ def join_notes(*notes: str | None) -> str | None:
 
 
 async def run_face(ctx: JobContext) -> JobOutcome:
-    """Detect, choose and encode the uploaded face; save it as a new identity or a reference."""
+    """Detect, choose and encode the uploaded face; the worker's finish saves it with the job.
+
+    The identity is written in the job's finish transaction (storage.job_finish), so a worker
+    killed at any moment leaves either nothing or the face and the job's result together.
+    """
     params = ctx.job.params
     assert isinstance(params, FaceParams)
     if not ctx.job.input_blob:
         raise JobRefused(NO_UPLOAD)
     face, embedding = await ctx.compute(_encode_upload, ctx, params, ctx.job.input_blob)
-    data = codec.embedding_to_bytes(embedding, params.name)
-    if params.mode is FaceMode.ADD:
-        record = await _add_face(ctx, params, data, embedding, face.thumbnail_png)
-    else:
-        record = await _more_face(ctx, params, data, embedding)
     note = join_notes(face.quality_note)
-    png = _face_png(ctx, face.thumbnail_png, record, note)
-    return JobOutcome([ResultData(index=0, png=png)], note)
+    png = _face_png(ctx, face.thumbnail_png, params.name, embedding.fingerprint, note)
+    identity = IdentityWrite(
+        name=params.name,
+        embedding=codec.embedding_to_bytes(embedding, params.name),
+        mode=params.mode,
+        thumbnail=face.thumbnail_png,
+        make_default=params.make_default,
+    )
+    return JobOutcome([ResultData(index=0, png=png)], note, identity)
 
 
 def _encode_upload(
@@ -118,69 +123,22 @@ def _encode_upload(
         face = ctx.engine.prepare_face(
             upload, crop=crop, crop_relative=bool(crop and crop.relative), index=params.face_index
         )
-    except (FaceError, ImageError) as exc:
-        raise JobRefused(exc.user_message, preview=getattr(exc, "preview_png", None)) from exc
+    except ImageError as exc:
+        raise JobRefused(exc.user_message) from exc
+    except FaceError as exc:  # the detector's quality note may explain a missed face
+        preview, note = getattr(exc, "preview_png", None), ctx.engine.analyzer.quality_note
+        raise JobRefused(exc.user_message, preview=preview, note=note) from exc
     ctx.checkpoint(1, 2)
     embedding = ctx.engine.encode_identity([face])
     ctx.checkpoint(2, 2)
     return face, embedding
 
 
-async def _add_face(
-    ctx: JobContext, params: FaceParams, data: bytes, embedding: IdentityEmbedding, thumb: bytes
-) -> IdentityRecord:
-    owner = ctx.job.owner_id
-    try:
-        return await identities.save_identity(
-            ctx.db, owner, params.name, data, thumbnail=thumb, make_default=params.make_default
-        )
-    except NameTaken:
-        earlier = await _saved_by_earlier_attempt(ctx, params.name, embedding, last_only=False)
-        if earlier is None:
-            raise
-        return earlier
-
-
-async def _more_face(
-    ctx: JobContext, params: FaceParams, data: bytes, embedding: IdentityEmbedding
-) -> IdentityRecord:
-    record = await _saved_by_earlier_attempt(ctx, params.name, embedding, last_only=True)
-    if record is None:
-        record = await identities.add_reference(ctx.db, ctx.job.owner_id, params.name, data)
-    if params.make_default and not record.is_default:
-        await identities.set_default(ctx.db, ctx.job.owner_id, record.name)
-    return record
-
-
-async def _saved_by_earlier_attempt(
-    ctx: JobContext, name: str, embedding: IdentityEmbedding, *, last_only: bool
-) -> IdentityRecord | None:
-    """The identity, if an earlier attempt of this job already saved this very photo.
-
-    A worker that dies between saving the face and finishing the job leaves the face saved;
-    the next attempt must neither fail on the name nor add the same photo twice.
-    """
-    if ctx.job.attempts < 2:
-        return None
-    try:
-        record = await identities.get_identity(ctx.db, ctx.job.owner_id, name)
-    except NotFound:
-        return None
-    stored = embeddings.unpack(record.embedding, max_bytes=2**40, max_refs=2**31)
-    ours, theirs = unit(embedding.arcface), unit(stored.arcface)
-    rows = theirs[-len(ours) :] if last_only else theirs
-    same = rows.shape == ours.shape and np.allclose(rows, ours, atol=SAME_FACE_ATOL)
-    if not same or record.fingerprint != embedding.fingerprint:
-        return None
-    log.info("job %s: face %r was saved by an earlier attempt", ctx.job.id, name)
-    return record
-
-
 def _face_png(
-    ctx: JobContext, thumbnail_png: bytes, record: IdentityRecord, note: str | None
+    ctx: JobContext, thumbnail_png: bytes, name: str, weights: str, note: str | None
 ) -> bytes:
-    """The saved face's thumbnail, labelled (a crop of the upload, so no AI-generated tag)."""
-    meta = {"kind": "face thumbnail", "face": record.name, "weights": record.fingerprint}
+    """The face's thumbnail, labelled (a crop of the upload, so no AI-generated tag)."""
+    meta = {"kind": "face thumbnail", "face": name, "weights": weights}
     meta |= ctx.extra_metadata() | ({"note": note} if note else {})
     with Image.open(io.BytesIO(thumbnail_png)) as img:
         return png_bytes(img.convert("RGB"), meta)

@@ -43,8 +43,55 @@ ASPECT_RATIOS = {
 }  # fmt: skip
 
 
+#: Substrings of the allocators' messages (PyTorch CPU/CUDA, cuBLAS/cuDNN, ONNX Runtime).
+OOM_MARKERS = (
+    "out of memory",
+    "can't allocate memory",
+    "cannot allocate memory",
+    "cublas_status_alloc_failed",
+    "failed to allocate memory",
+)
+#: Those of the markers that mean the machine's own memory (RAM), not the GPU's.
+HOST_OOM_MARKERS = ("can't allocate memory", "cannot allocate memory", "defaultcpuallocator")
+#: What may help when the GPU's memory ran out, by memory mode (a lighter mode, if any).
+GPU_OOM_ADVICE = {
+    "gpu": "try a smaller size, or ask the host to switch to the offload or fp8 memory mode",
+    "offload": "try a smaller size, or ask the host to switch to the fp8 memory mode",
+    "fp8": "try a smaller size (the host already uses the lightest memory mode)",
+}
+HOST_OOM_ADVICE = "try a smaller size, or ask the host to give the bot more memory"
+
+
 class EngineOutOfMemory(RuntimeError):
-    """The device ran out of memory; the job fails, the engine frees memory and carries on."""
+    """The GPU or the machine ran out of memory; ``user_message`` says which and what helps.
+
+    The job fails, the engine frees memory and carries on.
+    """
+
+    def __init__(self, user_message: str) -> None:
+        super().__init__(user_message)
+        self.user_message = user_message
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """A device or host allocation failure, whatever layer raised it."""
+    if isinstance(exc, EngineOutOfMemory | torch.OutOfMemoryError | MemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and any(m in str(exc).lower() for m in OOM_MARKERS)
+
+
+def out_of_memory_message(exc: BaseException, memory: MemoryPlan) -> str:
+    """The user's line for an allocation failure: which memory ran out, and what may help.
+
+    On a CPU device, and for the host allocator's failures on any device, it is the machine's
+    memory; otherwise the GPU's, where a lighter memory mode may help.
+    """
+    text = str(exc).lower()
+    host = isinstance(exc, MemoryError) or any(m in text for m in HOST_OOM_MARKERS)
+    if memory.device.type == "cpu" or host:
+        return f"The machine ran out of memory on this job; {HOST_OOM_ADVICE}."
+    advice = GPU_OOM_ADVICE.get(memory.mode, GPU_OOM_ADVICE["fp8"])
+    return f"The GPU ran out of memory on this job; {advice}."
 
 
 def size_for_aspect(
@@ -107,10 +154,11 @@ class Engine:
         """Decode, detect, choose, align and parse one upload (raises FaceError / ImageError)."""
         from engine.faces import prepare_reference
 
-        return prepare_reference(
-            data, self.analyzer, self.parser, crop=crop, crop_relative=crop_relative, index=index,
-            eva_size=self.encoder.tower.image_size,
-        )  # fmt: skip
+        with self._guard(free_after=False):
+            return prepare_reference(
+                data, self.analyzer, self.parser, crop=crop, crop_relative=crop_relative,
+                index=index, eva_size=self.encoder.tower.image_size,
+            )  # fmt: skip
 
     def encode_identity(self, refs: Sequence, **face_options) -> IdentityEmbedding:
         """Reference uploads (bytes) or prepared faces → one embedding (n_refs tokens)."""
@@ -143,10 +191,11 @@ class Engine:
 
     def score(self, image: Image.Image, arcface) -> IdentityScore:
         """ArcFace cosine of the best face in ``image`` to the identity's references."""
-        return score_image(self.analyzer, image, arcface)
+        with self._guard(free_after=False):
+            return score_image(self.analyzer, image, arcface)
 
-    def _guard(self):
-        return _OomGuard(self.memory)
+    def _guard(self, *, free_after: bool = True) -> _OomGuard:
+        return _OomGuard(self.memory, free_after=free_after)
 
     def close(self) -> None:
         """Drop hooks, models and the tiny preset's scratch folder."""
@@ -159,23 +208,23 @@ class Engine:
 
 
 class _OomGuard:
-    """Turns a device OOM into :class:`EngineOutOfMemory` after freeing what it can."""
+    """Turns an allocation failure into :class:`EngineOutOfMemory` (naming the memory that ran
+    out) after freeing what it can; ``free_after`` also offloads models after a success."""
 
-    def __init__(self, memory: MemoryPlan) -> None:
-        self.memory = memory
+    def __init__(self, memory: MemoryPlan, *, free_after: bool = True) -> None:
+        self.memory, self.free_after = memory, free_after
 
     def __enter__(self) -> None:
         return None
 
     def __exit__(self, kind, exc, tb) -> bool:
-        self.memory.free()
-        if kind is not None and issubclass(kind, torch.OutOfMemoryError):
-            if self.memory.device.type == "cuda":
-                torch.cuda.empty_cache()
-            raise EngineOutOfMemory(
-                "the GPU ran out of memory; try a smaller size or fewer prompts"
-            ) from exc
-        return False
+        if self.free_after or exc is not None:
+            self.memory.free()
+        if exc is None or isinstance(exc, EngineOutOfMemory) or not is_out_of_memory(exc):
+            return False
+        if self.memory.device.type == "cuda":
+            torch.cuda.empty_cache()
+        raise EngineOutOfMemory(out_of_memory_message(exc, self.memory)) from exc
 
 
 # --- builders -----------------------------------------------------------------------------

@@ -7,9 +7,12 @@ the job now and nothing is written). Each transition is one log line with the jo
 elapsed time. The final write of a job is shielded from cancellation.
 
 Faults: SIGTERM or SIGINT stop the claiming; the current job gets ``grace_seconds`` to finish, is
-then stopped at its next step and released, and the process exits 0 (a second signal releases at
-once). A worker killed outright loses its lease; another worker re-runs the job (claim counts the
-attempts; results are written only under the lease, in one transaction). Out-of-memory fails that
+then stopped at its next step and released — back in the queue with its attempt not counted, as
+stopping is not the job's fault — and the process exits 0 (a second signal releases at once). A
+worker killed outright loses its lease; another worker re-runs the job (claim counts the attempts,
+so a job that keeps killing its workers fails after the maximum). Results, the job's note and a
+face job's identity are written only under the lease, in one transaction, so a re-run never finds
+half a job. Out-of-memory fails that
 job, frees memory, and the worker carries on; no exception in a job ends the worker.
 """
 
@@ -29,7 +32,7 @@ from typing import TypeVar
 import torch
 
 from engine.compare import run_compare
-from engine.jobs_errors import SHUTDOWN, Failure, JobRefused, describe
+from engine.jobs_errors import Failure, JobRefused, describe
 from engine.jobs_exec import JobContext, JobOutcome, run_batch, run_face, run_imagine
 from engine.jobs_monitor import JobMonitor, StopReason
 from engine.pipeline import GenerationCancelled
@@ -227,10 +230,9 @@ class Worker:
         try:
             async with monitor:
                 outcome = await RUNNERS[job.kind](self._context(job, monitor))
-        except Exception as exc:
-            ending, out_of_memory = await shielded(self._ended(job, monitor, exc, started))
-        else:
             ending = await shielded(self._done(job, outcome, started))
+        except Exception as exc:  # the run, or a refusal of the finish (e.g. the face name)
+            ending, out_of_memory = await shielded(self._ended(job, monitor, exc, started))
         finally:
             self._stop_watching()
         if out_of_memory:  # the exception and its frames are gone: their tensors can go too
@@ -260,7 +262,12 @@ class Worker:
         self._monitor, self._current, self._grace = None, None, None
 
     async def _done(self, job: JobRecord, outcome: JobOutcome, started: float) -> str:
-        if not await jobs.finish(self.db, job.id, self.worker_id, outcome.results):
+        """Results, note and a face job's identity in one transaction (storage.job_finish)."""
+        finished = await jobs.finish(
+            self.db, job.id, self.worker_id, outcome.results,
+            note=outcome.note, identity=outcome.identity,
+        )  # fmt: skip
+        if not finished:
             return self._log(job, Ending.ABANDONED, started, "lease lost before the results")
         summary = f"{len(outcome.results)} results" + (f"; {outcome.note}" if outcome.note else "")
         return self._log(job, Ending.DONE, started, summary)
@@ -277,7 +284,7 @@ class Worker:
             return self._log(job, Ending.CANCELLED, started, str(exc)), False
         if isinstance(exc, GenerationCancelled) and reason is StopReason.SHUTDOWN:
             return await self._release(job, started, str(exc)), False
-        failure = describe(exc)
+        failure = describe(exc, self.engine.memory)
         if failure.unexpected:
             log.error("job %s: unexpected error", job.id, exc_info=exc)
         if isinstance(exc, JobRefused) and exc.preview:
@@ -285,12 +292,16 @@ class Worker:
         return await self._fail(job, started, failure), failure.out_of_memory
 
     async def _release(self, job: JobRecord, started: float, detail: str) -> str:
-        await jobs.fail(self.db, job.id, self.worker_id, SHUTDOWN, detail, retry=True)
-        last = job.attempts >= job.max_attempts
-        return self._log(job, Ending.FAILED if last else Ending.RELEASED, started, detail)
+        """Back to the queue; a graceful stop is not the job's fault, so the try is not counted."""
+        if not await jobs.release(self.db, job.id, self.worker_id):
+            return self._log(job, Ending.ABANDONED, started, "lease lost before the release")
+        return self._log(job, Ending.RELEASED, started, detail)
 
     async def _fail(self, job: JobRecord, started: float, failure: Failure) -> str:
-        await jobs.fail(self.db, job.id, self.worker_id, failure.user_message, failure.detail)
+        await jobs.fail(
+            self.db, job.id, self.worker_id, failure.user_message, failure.detail,
+            note=failure.note,
+        )  # fmt: skip
         return self._log(job, Ending.FAILED, started, failure.user_message)
 
     async def _store_preview(self, job: JobRecord, monitor: JobMonitor, png: bytes) -> None:

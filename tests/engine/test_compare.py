@@ -71,6 +71,7 @@ async def test_compare_with_the_built_in_set_scores_every_image_and_draws_a_grid
     assert json.loads(meta["scores"]) == [None] * n
     assert json.loads(meta["prompts"]) == default_prompts()
     assert "n/a" in meta["mean_score"] and meta["notice"] == TINY_NOTICE
+    assert done.note == f"{meta['mean_score']}; {TINY_NOTICE}"  # the summary the user reads
     width, height = png_size(grid.png)
     assert width == 4 * CELL and height > 3 * CELL  # 11 tiles in 4 columns, captions, footer
     _assert_reference_tile(grid.png, face.thumbnail)

@@ -7,12 +7,13 @@ import pytest
 import torch
 
 from engine.identity import FingerprintMismatch, IdentityEmbedding
-from engine.memory import MemoryModeError
+from engine.memory import MemoryModeError, MemoryPlan
 from engine.pipeline import PipelineInputError, SamplingParams
 from engine.presets import (
     TINY_NOTICE,
     EngineOutOfMemory,
     load_engine,
+    out_of_memory_message,
     size_for_aspect,
 )
 
@@ -88,13 +89,47 @@ def test_foreign_embedding_and_oversize_are_refused(engine, identity) -> None:
         engine.generate(["a"], big)
 
 
-def test_out_of_memory_becomes_a_clear_engine_error(engine, monkeypatch) -> None:
+@pytest.mark.parametrize(
+    "error",
+    [
+        torch.OutOfMemoryError("out of memory"),
+        RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory"
+        ),
+        MemoryError(),
+    ],
+    ids=["torch-oom", "cpu-allocator", "memory-error"],
+)
+def test_out_of_memory_on_the_cpu_says_the_machine_ran_out(engine, monkeypatch, error) -> None:
     def boom(*args, **kwargs):
-        raise torch.OutOfMemoryError("CUDA out of memory")
+        raise error
 
     monkeypatch.setattr(engine.pipeline, "generate", boom)
-    with pytest.raises(EngineOutOfMemory, match="ran out of memory"):
+    with pytest.raises(EngineOutOfMemory) as caught:
         engine.generate(["a"], PARAMS)
+    message = caught.value.user_message
+    assert message.startswith("The machine ran out of memory") and "GPU" not in message
+    assert "smaller size" in message and caught.value.__cause__ is error
+    monkeypatch.setattr(engine.pipeline, "generate", lambda *a, **k: 1 / 0)
+    with pytest.raises(ZeroDivisionError):  # other errors pass through unchanged
+        engine.generate(["a"], PARAMS)
+
+
+@pytest.mark.parametrize(
+    ("mode", "advice"),
+    [
+        ("gpu", "switch to the offload or fp8 memory mode"),
+        ("offload", "switch to the fp8 memory mode"),
+        ("fp8", "already uses the lightest memory mode"),
+    ],
+)
+def test_out_of_memory_on_a_gpu_says_the_gpu_ran_out_and_what_helps(mode, advice) -> None:
+    plan = MemoryPlan(mode, torch.device("cuda", 0))  # a plan only: no GPU needed
+    message = out_of_memory_message(torch.OutOfMemoryError("CUDA out of memory"), plan)
+    assert message.startswith("The GPU ran out of memory on this job; try a smaller size")
+    assert advice in message and message.endswith(".")
+    host = RuntimeError("DefaultCPUAllocator: can't allocate memory")  # offloaded models in RAM
+    assert out_of_memory_message(host, plan).startswith("The machine ran out of memory")
 
 
 def test_offload_mode_gives_the_same_image_as_gpu_mode(engine) -> None:

@@ -34,8 +34,7 @@ from worker_helpers import (
 )
 
 from engine.codec import AI_TAG_KEY, embedding_from_bytes
-from engine.jobs_errors import OUT_OF_MEMORY
-from engine.presets import TINY_NOTICE
+from engine.presets import TINY_NOTICE, out_of_memory_message
 from storage import embeddings, identities, jobs, results
 from storage.schemas import (
     BatchParams,
@@ -91,25 +90,43 @@ async def test_face_add_then_more_saves_a_fused_identity(db, engine) -> None:
         )
         assert AI_TAG_KEY not in meta  # a crop of the user's own photo, not a generated image
         assert "Haar fallback" in meta["note"]  # the tiny preset's detector says it is weaker
+        assert done.note == meta["note"]  # and the user reads the same note with the result
 
 
-async def test_a_face_saved_before_a_crash_is_not_saved_twice_on_the_rerun(db, engine) -> None:
-    """The worker died between saving the face and finishing the job: the re-run adopts it."""
+async def test_a_face_job_killed_mid_run_saves_the_face_once_on_the_rerun(db, engine) -> None:
+    """A worker killed (SIGKILL) during a face job wrote nothing: the face is saved with the job's
+    finish, in one transaction. The re-run saves it exactly once, and adds a photo once."""
     owner = await make_user(db)
-    data, thumb = astronaut_identity()  # what the dead worker computed from the same upload
-    for params in (FaceParams(name="astro"), FaceParams(name="astro", mode=FaceMode.MORE)):
+    for params, refs in (
+        (FaceParams(name="astro"), 1),
+        (FaceParams(name="astro", mode=FaceMode.MORE), 2),
+    ):
         queued = await jobs.enqueue(db, owner, params, input_blob=astronaut_face_png())
-        dead = await jobs.claim(db, "dead-worker")
-        if params.mode is FaceMode.ADD:
-            await identities.save_identity(db, owner, "astro", data, thumbnail=thumb)
-        else:
-            await identities.add_reference(db, owner, "astro", data)
+        dead = await jobs.claim(db, "killed-worker")  # what SIGKILL leaves: a lease nobody renews
         expired = dead.lease_expires + timedelta(seconds=1)
         assert (await jobs.requeue_expired(db, now=expired)).requeued == [queued.job_id]
-        await drain(db, engine)
+        worker = await drain(db, engine)
         done = await job(db, queued.job_id)
         assert (done.state, done.attempts) == (JobState.DONE, 2), done.error_user
-    assert (await identities.get_identity(db, owner, "astro")).n_refs == 2
+        assert worker.endings == Counter(done=1)
+        assert (await identities.get_identity(db, owner, "astro")).n_refs == refs
+
+
+async def test_a_face_name_taken_while_queued_fails_the_job_and_writes_nothing(db, engine) -> None:
+    owner = await make_user(db)
+    queued = await jobs.enqueue(
+        db, owner, FaceParams(name="astro"), input_blob=astronaut_face_png()
+    )
+    earlier = await save_astronaut(db, owner)  # another job saved the name meanwhile
+    worker = await drain(db, engine)
+    failed = await job(db, queued.job_id)
+    assert (failed.state, failed.error_user) == (
+        JobState.FAILED,
+        "You already have a face named 'astro'.",
+    )
+    assert "NameTaken" in failed.error_detail and worker.endings == Counter(failed=1)
+    assert await outputs(db, owner, queued.job_id) == []
+    assert await identities.get_identity(db, owner, "astro") == earlier
 
 
 @pytest.mark.parametrize(
@@ -128,6 +145,7 @@ async def test_face_refusal_fails_with_message_and_preview(db, engine, upload, m
     failed = await job(db, queued.job_id)
     assert failed.state is JobState.FAILED and message in failed.error_user
     assert "\n" not in failed.error_user
+    assert failed.note == engine.analyzer.quality_note  # which detector looked at the photo
     preview = await results.get_preview(db, owner, queued.job_id)
     if "several" in message or "faces found" in message:
         assert preview is not None and png_size(preview) == (1024, 708)
@@ -166,6 +184,7 @@ async def test_imagine_stores_one_tagged_png(db, engine) -> None:
     meta = png_text(image.png)
     assert (meta["prompt"], meta["seed"], meta[AI_TAG_KEY]) == (params.prompt, "7", "true")
     assert meta["weights"] == engine.fingerprint and meta["notice"] == TINY_NOTICE
+    assert done.note == TINY_NOTICE  # told with the result too: the images are noise
     sampled = json.loads(meta["parameters"])
     assert (sampled["steps"], sampled["width"], sampled["seed"]) == (2, 256, 7)
 
@@ -250,12 +269,12 @@ async def test_out_of_memory_in_a_step_fails_that_job_and_the_next_succeeds(
     with TransformerHook(engine, at=2, error=error):  # test fixture: OOM inside step 2
         await worker.run()
     failed, done = await job(db, first.job_id), await job(db, second.job_id)
-    assert failed.state is JobState.FAILED and "ran out of memory" in failed.error_user
+    assert failed.state is JobState.FAILED
+    assert failed.error_user == out_of_memory_message(error, engine.memory)
+    assert failed.error_user.startswith("The machine ran out of memory")  # a CPU engine
     assert type(error).__name__ in (failed.error_detail or "")
     assert done.state is JobState.DONE and len(await outputs(db, owner, second.job_id)) == 1
     assert worker.endings == Counter(failed=1, done=1)
-    if not isinstance(error, torch.OutOfMemoryError):  # the CPU allocator's plain RuntimeError
-        assert failed.error_user == OUT_OF_MEMORY
 
 
 async def test_an_unexpected_error_fails_only_its_job(db, engine) -> None:
@@ -321,12 +340,32 @@ async def test_stop_after_the_grace_period_releases_the_job(db, engine) -> None:
     ):
         await worker.run()
     released = await job(db, queued.job_id)
-    assert (released.state, released.attempts, released.lease_owner) == (JobState.QUEUED, 1, None)
+    assert (released.state, released.attempts, released.lease_owner) == (JobState.QUEUED, 0, None)
     assert worker.endings == Counter(released=1)
     await drain(db, engine)  # another worker picks it up
     done = await job(db, queued.job_id)
-    assert (done.state, done.attempts) == (JobState.DONE, 2)
+    assert (done.state, done.attempts) == (JobState.DONE, 1)
     assert len(await outputs(db, owner, queued.job_id)) == 1
+
+
+async def test_a_stop_on_the_last_attempt_releases_the_job_instead_of_failing_it(
+    db, engine
+) -> None:
+    owner = await make_user(db)
+    face = await save_astronaut(db, owner)
+    params = ImagineParams(identity_id=face.id, prompt="x", settings=small(steps=4))
+    queued = await jobs.enqueue(db, owner, params, max_attempts=1)
+    worker = await make_worker(db, engine, grace_seconds=0.0)
+    loop = asyncio.get_running_loop()
+    with TransformerHook(
+        engine, at=1, action=lambda: loop.call_soon_threadsafe(worker.request_stop)
+    ):
+        await worker.run()
+    assert worker.endings == Counter(released=1)
+    released = await job(db, queued.job_id)
+    assert (released.state, released.attempts) == (JobState.QUEUED, 0)
+    await drain(db, engine)
+    assert (await job(db, queued.job_id)).state is JobState.DONE
 
 
 async def test_burst_worker_exits_on_an_empty_queue(db, engine) -> None:

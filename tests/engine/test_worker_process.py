@@ -1,7 +1,8 @@
 """The worker as a process: ``python -m engine worker`` killed, stopped, or unable to start.
 
 Real subprocesses on SQLite and PostgreSQL: a worker killed with SIGKILL mid-job leaves a job that
-a second worker completes exactly once; SIGTERM mid-job releases the job and exits 0; a start-up
+a second worker completes exactly once (the attempt counted); SIGTERM mid-job releases the job
+(the attempt not counted) and exits 0; a start-up
 that cannot succeed exits 1 with one ``error:`` line.
 """
 
@@ -122,8 +123,8 @@ async def test_sigterm_mid_job_releases_it_and_exits_zero(db, db_url, engine, tm
     finally:
         stop(proc)
     assert code == 0, log.read_text()
-    released = await job(db, job_id)
-    assert (released.state, released.attempts, released.lease_owner) == (JobState.QUEUED, 1, None)
+    released = await job(db, job_id)  # back in the queue, the attempt given back
+    assert (released.state, released.attempts, released.lease_owner) == (JobState.QUEUED, 0, None)
     assert (await the_worker(db, "stopped")).state is WorkerState.STOPPED
     text = log.read_text()
     assert "received SIGTERM" in text and f"job {job_id} released" in text

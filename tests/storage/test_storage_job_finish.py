@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import insert, select
 from storage_helpers import embedding_bytes, make_user, snapshot
 
-from storage import identities, jobs, results
+from storage import identities, job_finish, jobs, results
 from storage.db import Database
 from storage.errors import LeaseLost, NameTaken, NotFound
 from storage.job_insert import new_job
@@ -175,6 +175,22 @@ async def test_a_lost_lease_saves_no_face(db: Database) -> None:
     assert await identities.list_identities(db, owner) == []
     assert await jobs.finish(db, job_id, "w2", [ResultData(0, b"png")], identity=face)
     assert [f.n_refs for f in await identities.list_identities(db, owner)] == [1]
+
+
+async def test_a_finish_that_breaks_halfway_saves_no_face(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The face is written before the results: if the rest fails, the face is rolled back."""
+    owner, job_id = await _claimed_face(db, FaceParams(name="astro"))
+
+    async def broken(*args: object) -> None:
+        raise ConnectionError("the database went away mid-transaction")
+
+    monkeypatch.setattr(job_finish, "_store_results", broken)
+    before = await snapshot(db)
+    with pytest.raises(ConnectionError):
+        await jobs.finish(db, job_id, "w", [], identity=IdentityWrite("astro", embedding_bytes()))
+    assert await snapshot(db) == before and await identities.list_identities(db, owner) == []
 
 
 @pytest.mark.parametrize(
