@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from pulid_support import tiny_flux_adapter
 from safetensors.torch import save_file
 
 from engine import tiny
@@ -21,7 +22,6 @@ from engine.identity import (
     check_fingerprint,
     fuse,
 )
-from engine.pulid import PulidAdapter
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -152,9 +152,7 @@ def test_single_reference_fuses_to_itself() -> None:
 
 @pytest.fixture(scope="module")
 def encoder(eva):
-    flux = tiny.flux_pipeline(seed=0)
-    state = PulidAdapter.build_state_dict_tiny(flux.transformer, vit_dim=32, seed=5)
-    adapter = PulidAdapter.attach(flux.transformer, state, encoder_heads=4, ca_heads=2)
+    adapter = tiny_flux_adapter(tiny.flux_pipeline(seed=0).transformer, seed=5)
     return IdentityEncoder(EvaTower(eva), adapter, "tiny:test")
 
 

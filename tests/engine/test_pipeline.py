@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from pulid_support import tiny_flux_adapter
 
 from engine import tiny
 from engine.pipeline import (
@@ -17,7 +18,6 @@ from engine.pipeline import (
     plan_steps,
     resolve_seed,
 )
-from engine.pulid import PulidAdapter
 
 PARAMS = SamplingParams(width=64, height=48, steps=4, seed=7, max_sequence_length=32)
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -30,8 +30,7 @@ def flux():
 
 @pytest.fixture(scope="module")
 def adapter(flux):
-    state = PulidAdapter.build_state_dict_tiny(flux.transformer, vit_dim=32, seed=1)
-    return PulidAdapter.attach(flux.transformer, state, encoder_heads=4, ca_heads=2)
+    return tiny_flux_adapter(flux.transformer, seed=1)
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from engine.pulid import PulidAdapter
+from pulid_support import attached_twin, rel_err
 
 try:
     from .reference import twin
@@ -19,16 +18,10 @@ except ImportError:
 BACKEND = "aot_eager"
 
 
-def rel_err(port: torch.Tensor, ref: torch.Tensor) -> float:
-    return float((port.double() - ref.double()).norm() / ref.double().norm())
-
-
 @pytest.fixture(scope="module")
 def compiled():
     """A fresh twin with eager reference outputs computed before its blocks are compiled."""
-    tw = twin.build_twin()
-    state = twin.tiny_pulid_state_dict()
-    adapter = PulidAdapter.attach(tw.transformer, state, encoder_heads=4, ca_heads=2)
+    tw, state, adapter = attached_twin()
     inputs = twin.flux_inputs()
     with torch.no_grad():
         ids = adapter.encoder(*twin.id_inputs())

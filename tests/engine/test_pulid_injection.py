@@ -6,8 +6,9 @@ import copy
 
 import pytest
 import torch
+from pulid_support import attach, attached_twin, rel_err
 
-from engine.pulid import IdEntry, PulidAdapter
+from engine.pulid import IdEntry
 
 try:
     from .reference import pulid_math, twin
@@ -15,18 +16,9 @@ except ImportError:
     from reference import pulid_math, twin
 
 
-def rel_err(port: torch.Tensor, ref: torch.Tensor) -> float:
-    return float((port.double() - ref.double()).norm() / ref.double().norm())
-
-
 @pytest.fixture(scope="module")
 def setup():
-    tw = twin.build_twin()
-    state = twin.tiny_pulid_state_dict()
-    adapter = PulidAdapter.attach(
-        tw.transformer, state, encoder_heads=twin.ENC_HEADS, ca_heads=twin.CA_HEADS
-    )
-    return tw, state, adapter
+    return attached_twin()
 
 
 @pytest.fixture(scope="module")
@@ -118,10 +110,7 @@ def test_nested_identity_is_refused(setup, tokens) -> None:
 
 
 def test_detach_removes_hooks_and_restores_plain_output(tokens) -> None:
-    tw = twin.build_twin()
-    adapter = PulidAdapter.attach(
-        tw.transformer, twin.tiny_pulid_state_dict(), encoder_heads=4, ca_heads=2
-    )
+    tw, _, adapter = attached_twin()
     inputs = twin.flux_inputs()
     plain = _run(tw, inputs)
     with adapter.identity(tokens[:1]):
@@ -243,7 +232,7 @@ def _bf16(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def test_bf16_matches_bf16_oracle(setup) -> None:
     tw, state, _ = setup
     tr16 = copy.deepcopy(tw.transformer).to(torch.bfloat16)
-    adapter = PulidAdapter.attach(tr16, state, encoder_heads=4, ca_heads=2)
+    adapter = attach(tr16, state)
     assert adapter.pulid_ca[0].to_q.weight.dtype == torch.bfloat16
     state16 = {k: v.to(torch.bfloat16) for k, v in state.items()}
     id_cond, vit = twin.id_inputs()

@@ -6,36 +6,21 @@ specification. Every comparison reports rel = ‖port − ref‖ / ‖ref‖ and
 
 from __future__ import annotations
 
-import logging
-
 import pytest
 import torch
-
-from engine.pulid import PulidAdapter
+from pulid_support import attached_twin, rel_err
 
 try:
     from .reference import pulid_math, twin
 except ImportError:
     from reference import pulid_math, twin
 
-log = logging.getLogger(__name__)
 IDFORMER_RTOL, IDFORMER_ATOL = 1e-5, 1e-6
-
-
-def rel_err(port: torch.Tensor, ref: torch.Tensor) -> float:
-    err = (port.double() - ref.double()).norm() / ref.double().norm()
-    log.info("rel %.3e max-abs %.3e", err, (port - ref).abs().max())
-    return float(err)
 
 
 @pytest.fixture(scope="module")
 def setup():
-    tw = twin.build_twin()
-    state = twin.tiny_pulid_state_dict()
-    adapter = PulidAdapter.attach(
-        tw.transformer, state, encoder_heads=twin.ENC_HEADS, ca_heads=twin.CA_HEADS
-    )
-    return tw, state, adapter
+    return attached_twin()
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from diffusers import FluxTransformer2DModel
+from pulid_support import attach
 from safetensors.torch import save_file
 
 from engine import pulid_weights
@@ -90,15 +91,9 @@ def tiny() -> twin.Twin:
     return twin.build_twin()
 
 
-def _attach(tiny: twin.Twin, state: dict[str, torch.Tensor]) -> PulidAdapter:
-    return PulidAdapter.attach(
-        tiny.transformer, state, encoder_heads=twin.ENC_HEADS, ca_heads=twin.CA_HEADS
-    )
-
-
 def test_tiny_state_dict_loads_strictly_and_round_trips(tiny: twin.Twin) -> None:
     state = twin.tiny_pulid_state_dict()
-    adapter = _attach(tiny, state)
+    adapter = attach(tiny.transformer, state)
     loaded = adapter.state_dict()
     assert loaded.keys() == state.keys()
     assert all(torch.equal(loaded[k], state[k]) for k in state)
@@ -115,7 +110,7 @@ def test_seeded_random_weights_are_reproducible() -> None:
 
 def test_build_state_dict_tiny_matches_transformer(tiny: twin.Twin) -> None:
     state = PulidAdapter.build_state_dict_tiny(tiny.transformer, vit_dim=48, id_in_dim=560)
-    adapter = _attach(tiny, state)
+    adapter = attach(tiny.transformer, state)
     assert adapter.encoder.config.vit_dim == 48 and adapter.encoder.config.id_in_dim == 560
 
 
@@ -150,20 +145,20 @@ def test_wrong_layouts_are_refused_naming_the_key(tiny: twin.Twin, edit, message
     state = twin.tiny_pulid_state_dict()
     edit(state)
     with pytest.raises(PulidWeightsError) as info:
-        _attach(tiny, state)
+        attach(tiny.transformer, state)
     assert message in str(info.value)
 
 
 def test_ca_width_must_match_transformer(tiny: twin.Twin) -> None:
     state = random_pulid_state_dict(**{**twin.TINY_PULID, "ca_dim": 96})
     with pytest.raises(PulidWeightsError, match=r"pulid_ca\.0\.norm2\.weight \(96,\)"):
-        _attach(tiny, state)
+        attach(tiny.transformer, state)
 
 
 def test_renamed_prefix_is_refused(tiny: twin.Twin) -> None:
     state = {f"pulid.{k}": v for k, v in twin.tiny_pulid_state_dict().items()}
     with pytest.raises(PulidWeightsError, match="missing key pulid_encoder.latents"):
-        _attach(tiny, state)
+        attach(tiny.transformer, state)
 
 
 def test_heads_must_divide_widths(tiny: twin.Twin) -> None:
