@@ -22,28 +22,25 @@ import sys
 from pathlib import Path
 
 # Run as a script, this file's folder would come first on sys.path and its name would shadow
-# the standard library's ``queue`` module (imported by asyncio).
+# the standard library's ``queue`` module (imported by asyncio): the repository root takes its
+# place, so that ``benchmarks`` is importable either way.
 _HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path[:] = [str(_HERE.parent) if Path(p or ".").resolve() == _HERE else p for p in sys.path]
 
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
 import multiprocessing  # noqa: E402
-import os  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-import uuid  # noqa: E402
 from collections.abc import AsyncIterator  # noqa: E402
 from contextlib import asynccontextmanager  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
-from sqlalchemy import text  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
-from sqlalchemy.ext.asyncio import create_async_engine  # noqa: E402
 
+from benchmarks._common import PG_ENV, pg_database, pg_server_url  # noqa: E402
 from storage import embeddings, identities, jobs, users  # noqa: E402
 from storage.db import Database, upgrade  # noqa: E402
 from storage.records import ResultData  # noqa: E402
@@ -65,25 +62,6 @@ class Figures:
 async def sqlite_database() -> AsyncIterator[str]:
     with tempfile.TemporaryDirectory(prefix="pulid-queue-bench-") as tmp:
         yield f"sqlite+aiosqlite:///{tmp}/bench.db"
-
-
-async def _admin(url: str, sql: str) -> None:
-    engine = create_async_engine(url, isolation_level="AUTOCOMMIT")
-    try:
-        async with engine.connect() as conn:
-            await conn.execute(text(sql))
-    finally:
-        await engine.dispose()
-
-
-@asynccontextmanager
-async def pg_database(server_url: str) -> AsyncIterator[str]:
-    name = f"pulid_bench_{uuid.uuid4().hex[:10]}"
-    await _admin(server_url, f'CREATE DATABASE "{name}"')
-    try:
-        yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        await _admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _face() -> bytes:
@@ -187,12 +165,12 @@ async def main(args: argparse.Namespace) -> None:
     rows = []
     async with sqlite_database() as url:
         rows.append(await measure("sqlite", url, args.jobs, args.users, args.workers))
-    pg_url = args.pg_url or os.environ.get("PULID_BOT_TEST_PG_URL")
+    pg_url = pg_server_url(args.pg_url)
     if pg_url:
         async with pg_database(pg_url) as url:
             rows.append(await measure("postgres", url, args.jobs, args.users, args.workers))
     else:
-        print("(no --pg-url and no PULID_BOT_TEST_PG_URL: PostgreSQL skipped)", file=sys.stderr)
+        print(f"(no --pg-url and no {PG_ENV}: PostgreSQL skipped)", file=sys.stderr)
     _print(rows, args)
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import statistics
 import tempfile
@@ -37,10 +36,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from sqlalchemy import text
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import create_async_engine
 
+from benchmarks._common import PG_ENV, pg_database, pg_server_url
 from engine.codec import embedding_to_bytes
 from engine.images import png_bytes
 from engine.presets import Engine, load_engine
@@ -84,27 +81,13 @@ async def database(url: str | None) -> AsyncIterator[tuple[str, Database]]:
             finally:
                 await db.close()
         return
-    name = f"pulid_bench_{uuid.uuid4().hex[:10]}"
-    await _admin(url, f'CREATE DATABASE "{name}"')
-    target = make_url(url).set(database=name).render_as_string(hide_password=False)
-    try:
+    async with pg_database(url) as target:
         await upgrade(target)
         db = await Database.open(target)
         try:
             yield "postgres", db
         finally:
             await db.close()
-    finally:
-        await _admin(url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-async def _admin(url: str, sql: str) -> None:
-    engine = create_async_engine(url, isolation_level="AUTOCOMMIT")
-    try:
-        async with engine.connect() as conn:
-            await conn.execute(text(sql))
-    finally:
-        await engine.dispose()
 
 
 async def setup_users(db: Database, engine: Engine, n: int) -> list[tuple[int, int]]:
@@ -192,8 +175,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--poll", type=float, default=1.0)
     parser.add_argument("--probes", type=int, default=8)
-    parser.add_argument("--pg-url", default=os.environ.get("PULID_BOT_TEST_PG_URL"))
+    parser.add_argument("--pg-url", help=f"a PostgreSQL server's URL (default: ${PG_ENV})")
     args = parser.parse_args()
+    pg_url = pg_server_url(args.pg_url)
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     engine = load_engine("tiny")
@@ -202,7 +186,7 @@ def main() -> None:
     print(f"{'backend':9} {'jobs/min':>8} {'s/job':>7} {'engine':>7} "
           f"{'delay':>8} {'p50':>8} {'max':>8}   (claim delay in s, idle worker)")  # fmt: skip
     try:
-        for url in (None, args.pg_url) if args.pg_url else (None,):
+        for url in (None, pg_url) if pg_url else (None,):
             asyncio.run(bench(url, engine, args))
     finally:
         engine.close()
