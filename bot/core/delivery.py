@@ -140,7 +140,9 @@ class Deliverer:
         )
 
     async def build(self, job: JobRecord) -> Reply:
-        """The result reply of a finished job (images, grid, scores or the error)."""
+        """The result reply of a finished job: images, grid and scores or the error, with the
+        worker's note (render.with_note); a job whose parameters cannot be read any more
+        (``params`` None) still gets its failure delivered."""
         found = await results.list_results(self.db, job.owner_id, job.id)
         identity, preview = None, None
         if isinstance(job.params, FaceParams):

@@ -1,4 +1,8 @@
-"""Replies about jobs: receipts, progress lines and finished results (pure functions)."""
+"""Replies about jobs: receipts, progress lines and finished results (pure functions).
+
+A finished job's note (the worker's summary: scores, quality notes) is the second line of its
+result reply, done or failed.
+"""
 
 from __future__ import annotations
 
@@ -77,12 +81,22 @@ def _reply(
     buttons: Sequence[Button] = (),
 ) -> Reply:
     return Reply(
-        text=text[:MAX_TEXT],
+        text=with_note(text, job.note)[:MAX_TEXT],
         files=tuple(files),
         buttons=tuple(buttons),
         kind=ReplyKind.RESULT,
         job_id=job.id,
     )
+
+
+def with_note(text: str, note: str | None) -> str:
+    """``text`` with the job's note as its second line (kept when a long reply is cut)."""
+    if not note or not note.strip():
+        return text
+    line = " ".join(note.split())
+    line = line[0].upper() + line[1:] + ("" if line.endswith((".", "!", "?")) else ".")
+    head, _, rest = text.partition("\n")
+    return "\n".join(part for part in (head, line, rest) if part)
 
 
 def faces_found(job: JobRecord) -> int | None:
@@ -150,7 +164,9 @@ def _compare_done(
     job: JobRecord, images: Sequence[ResultRecord], grids: Sequence[ResultRecord]
 ) -> Reply:
     scores = [r.identity_score for r in images if r.identity_score is not None]
-    mean = f" Mean likeness {sum(scores) / len(scores):.2f}." if scores else ""
+    mean = ""  # the worker's note gives the mean with how many images had a face
+    if scores and not job.note:
+        mean = f" Mean likeness {sum(scores) / len(scores):.2f}."
     lines = [f"Job #{job.id} done: the face across {len(images)} prompts.{mean}"]
     lines += [f"{r.index + 1}. {_score(r)} — {_short(r.prompt or '')}" for r in images]
     files = [_image_file(job, g) for g in grids] or [_image_file(job, r) for r in images]

@@ -14,13 +14,13 @@ import random
 import numpy as np
 from PIL import Image
 
-from storage import embeddings, identities, jobs
+from storage import embeddings, jobs
 from storage.db import Database
-from storage.records import JobRecord, ResultData
+from storage.errors import StorageError
+from storage.records import IdentityWrite, JobRecord, ResultData
 from storage.schemas import (
     BatchParams,
     CompareParams,
-    FaceMode,
     FaceParams,
     GenerationSettings,
     ImagineParams,
@@ -100,15 +100,16 @@ class FixtureWorker:
             message = f"{n} faces found; choose one with a face number (1–{n}, left to right)."
             await jobs.fail(self.db, job.id, self.worker_id, message)
             return
-        data = face_embedding(job.id)
-        if params.mode is FaceMode.ADD:
-            await identities.save_identity(
-                self.db, job.owner_id, params.name, data, thumbnail=png((200, 150, 120)),
-                make_default=params.make_default,
-            )  # fmt: skip
-        else:
-            await identities.add_reference(self.db, job.owner_id, params.name, data)
-        await jobs.finish(self.db, job.id, self.worker_id, [ResultData(0, png((200, 150, 120)))])
+        face = IdentityWrite(
+            params.name, face_embedding(job.id), mode=params.mode,
+            thumbnail=png((200, 150, 120)), make_default=params.make_default,
+        )  # fmt: skip
+        try:  # saved with the job's results, in one transaction, as the engine worker does
+            await jobs.finish(
+                self.db, job.id, self.worker_id, [ResultData(0, face.thumbnail)], identity=face
+            )
+        except StorageError as exc:  # e.g. the name was taken while the job waited
+            await jobs.fail(self.db, job.id, self.worker_id, exc.user_message, repr(exc))
 
 
 def _prompts(params: ImagineParams | BatchParams | CompareParams) -> list[str]:
