@@ -40,7 +40,7 @@ from engine.presets import Engine
 from storage import jobs, workers
 from storage.config import Settings
 from storage.db import Database
-from storage.errors import LeaseLost
+from storage.errors import LeaseLost, StorageError
 from storage.records import JobRecord
 from storage.schemas import JobKind
 
@@ -230,9 +230,10 @@ class Worker:
         try:
             async with monitor:
                 outcome = await RUNNERS[job.kind](self._context(job, monitor))
-            ending = await shielded(self._done(job, outcome, started))
-        except Exception as exc:  # the run, or a refusal of the finish (e.g. the face name)
+        except Exception as exc:
             ending, out_of_memory = await shielded(self._ended(job, monitor, exc, started))
+        else:
+            ending = await shielded(self._done(job, outcome, started))
         finally:
             self._stop_watching()
         if out_of_memory:  # the exception and its frames are gone: their tensors can go too
@@ -263,10 +264,13 @@ class Worker:
 
     async def _done(self, job: JobRecord, outcome: JobOutcome, started: float) -> str:
         """Results, note and a face job's identity in one transaction (storage.job_finish)."""
-        finished = await jobs.finish(
-            self.db, job.id, self.worker_id, outcome.results,
-            note=outcome.note, identity=outcome.identity,
-        )  # fmt: skip
+        try:
+            finished = await jobs.finish(
+                self.db, job.id, self.worker_id, outcome.results,
+                note=outcome.note, identity=outcome.identity,
+            )  # fmt: skip
+        except StorageError as exc:  # the face: its name taken meanwhile, deleted, a limit
+            return await self._fail(job, started, describe(exc))
         if not finished:
             return self._log(job, Ending.ABANDONED, started, "lease lost before the results")
         summary = f"{len(outcome.results)} results" + (f"; {outcome.note}" if outcome.note else "")

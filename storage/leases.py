@@ -120,7 +120,7 @@ async def _claim_readable(
     while (row := await _claim_row(s, db.dialect, worker_id, known, now, lease)) is not None:
         try:
             return JobRecord.of(row, with_input=True, strict=True)
-        except ValueError as exc:  # ParamsError, or a malformed delivery target
+        except ValueError as exc:  # ParamsError, or another stored field that does not parse
             await _fail_unreadable(s, db, row.id, f"{type(exc).__name__}: {exc}")
     return None
 
