@@ -33,7 +33,9 @@ from worker_helpers import (
     small,
 )
 
+from engine import worker as worker_module
 from engine.codec import AI_TAG_KEY, embedding_from_bytes
+from engine.jobs_exec import run_face
 from engine.presets import TINY_NOTICE, out_of_memory_message
 from storage import embeddings, identities, jobs, results
 from storage.schemas import (
@@ -42,6 +44,7 @@ from storage.schemas import (
     FaceMode,
     FaceParams,
     ImagineParams,
+    JobKind,
     JobState,
     ResultKind,
 )
@@ -110,6 +113,37 @@ async def test_a_face_job_killed_mid_run_saves_the_face_once_on_the_rerun(db, en
         assert (done.state, done.attempts) == (JobState.DONE, 2), done.error_user
         assert worker.endings == Counter(done=1)
         assert (await identities.get_identity(db, owner, "astro")).n_refs == refs
+
+
+async def test_a_face_job_that_loses_its_lease_before_the_finish_saves_no_face(
+    db, engine, monkeypatch
+) -> None:
+    """The face is computed, then the job is taken over (its worker looked dead): the old
+    worker's finish writes nothing, not even the face; the next attempt saves it once."""
+    owner = await make_user(db)
+    upload = astronaut_face_png()
+    queued = await jobs.enqueue(db, owner, FaceParams(name="astro"), input_blob=upload)
+    taken = []
+
+    async def run_then_lose_the_lease(ctx):
+        outcome = await run_face(ctx)
+        later = ctx.job.lease_expires + timedelta(seconds=1)
+        assert (await jobs.requeue_expired(db, now=later)).requeued == [ctx.job.id]
+        taken.append(await jobs.claim(db, "thief", now=later, reap=False))
+        return outcome
+
+    monkeypatch.setitem(worker_module.RUNNERS, JobKind.FACE, run_then_lose_the_lease)
+    worker = await drain(db, engine)
+    assert worker.endings == Counter(abandoned=1)
+    assert await identities.list_identities(db, owner) == []
+    assert await outputs(db, owner, queued.job_id) == []
+    monkeypatch.setitem(worker_module.RUNNERS, JobKind.FACE, run_face)
+    expired = taken[0].lease_expires + timedelta(seconds=1)
+    assert (await jobs.requeue_expired(db, now=expired)).requeued == [queued.job_id]
+    await drain(db, engine)
+    done = await job(db, queued.job_id)
+    assert (done.state, done.attempts) == (JobState.DONE, 3)
+    assert [f.n_refs for f in await identities.list_identities(db, owner)] == [1]
 
 
 async def test_a_face_name_taken_while_queued_fails_the_job_and_writes_nothing(db, engine) -> None:
