@@ -100,6 +100,7 @@ class FixtureWorker:
             message = f"{n} faces found; choose one with a face number (1–{n}, left to right)."
             await jobs.fail(self.db, job.id, self.worker_id, message)
             return
+        await jobs.progress(self.db, job.id, self.worker_id, 2, 2)  # encoded, as the engine's 2/2
         face = IdentityWrite(
             params.name, face_embedding(job.id), mode=params.mode,
             thumbnail=png((200, 150, 120)), make_default=params.make_default,
