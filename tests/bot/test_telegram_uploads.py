@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import re
+
 import pytest
 from bot_helpers import astronaut_png
 from bot_worker_fixture import FixtureWorker
@@ -21,7 +24,7 @@ from test_telegram_harness import server as server
 
 from bot.core.app import Core
 from bot.telegram.uploads import TIP
-from storage import identities
+from storage import identities, jobs
 from storage.config import Settings
 
 MB = 1024 * 1024
@@ -44,6 +47,7 @@ async def test_photo_caption_asks_consent_then_saves_the_face(
         assert answered.params["callback_query_id"] == query
         assert "queued" in receipt.params["text"] and receipt.button("Cancel").startswith("cx:")
         assert receipt.params["message_id"] == ask.result["message_id"]
+        await _receipt_stored(core, _job_id(receipt.params["text"]))
         await worker.drain()
         result = await server.wait_for("sendPhoto")
         closed = await server.wait_for("editMessageText", lambda c: "reply_markup" not in c.params)
@@ -51,6 +55,21 @@ async def test_photo_caption_asks_consent_then_saves_the_face(
     assert result.params["reply_parameters"]["message_id"] == sent["message_id"]
     assert closed.params["text"].startswith("Job #") and "Saved face" in closed.params["text"]
     assert [f.name for f in await identities.list_identities(core.db, 1)] == ["me"]
+
+
+def _job_id(text: str) -> int:
+    match = re.search(r"Job #(\d+)", text)
+    assert match, text
+    return int(match.group(1))
+
+
+async def _receipt_stored(core: Core, job_id: int, timeout: float = 5.0) -> None:
+    """Wait until the adapter has stored the receipt's message id with the job."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while "receipt" not in (await jobs.get_job(core.db, job_id)).delivery.extra:
+        assert loop.time() < deadline, "the receipt was never stored with its job"
+        await asyncio.sleep(0.01)
 
 
 async def test_image_document_in_a_group_gets_no_compression_tip(
