@@ -337,9 +337,13 @@ def _cast(modules, dtype: torch.dtype) -> None:
 
 
 def _require(cfg: models.PresetConfig, model_dir: Path) -> None:
-    missing = [str(e) for e in _missing(cfg, model_dir)]
+    missing = _missing(cfg, model_dir)
+    if len(missing) == 1:
+        raise missing[0]
     if missing:
-        raise models.MissingWeightsError("; ".join(missing))
+        raise models.MissingWeightsError(
+            f"{missing[0]} (and {len(missing) - 1} more: `pulid-bot models check` lists them)"
+        )
 
 
 def _missing(cfg: models.PresetConfig, model_dir: Path) -> list[Exception]:

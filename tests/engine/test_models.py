@@ -53,10 +53,15 @@ def test_check_reports_size_and_layout_mismatches(tmp_path) -> None:
 
 
 def test_missing_weights_are_a_clear_error_at_load(tmp_path) -> None:
-    with pytest.raises(models.MissingWeightsError, match="pulid_flux_v0.9.1.safetensors") as info:
+    with pytest.raises(models.MissingWeightsError) as info:
         load_engine("flux-dev", model_dir=tmp_path)
-    assert "pulid-bot models download" in str(info.value)
-    assert "FLUX.1-dev" in str(info.value) and "glintr100.onnx" in str(info.value)
+    message = str(info.value)
+    assert "FLUX.1-dev" in message and "pulid-bot models download" in message
+    assert "(and 5 more: `pulid-bot models check` lists them)" in message
+    assert "\n" not in message
+    listed = models.check(models.flux_dev_preset(), tmp_path)
+    assert any("pulid_flux_v0.9.1.safetensors" in p for p in listed)
+    assert any("glintr100.onnx" in p for p in listed)
 
 
 def test_fingerprint_follows_the_weight_files(tmp_path) -> None:
