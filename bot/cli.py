@@ -17,14 +17,23 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from storage.config import ENV_CONFIG_FILE, ConfigError, Settings, load_settings, masked
+from sqlalchemy.exc import SQLAlchemyError
+
+from storage.config import (
+    ENV_CONFIG_FILE,
+    ConfigError,
+    Settings,
+    load_settings,
+    mask_url,
+    masked,
+)
 from storage.errors import StorageError
 
 log = logging.getLogger(__name__)
 
 DESCRIPTION = """\
-Self-hosted identity-preserving image bot: FLUX.1-dev with PuLID on Discord, Telegram,
-a local web UI and a local chat console.
+Self-hosted identity-preserving image bot: FLUX.1-dev with PuLID on Discord, Telegram
+and a local chat console.
 
 Every setting has a built-in default (SQLite in ./data, the 'tiny' preset on the CPU, no
 tokens); a TOML file (--config, $PULID_BOT_CONFIG or ./config.toml) and PULID_BOT__SECTION__KEY
@@ -91,8 +100,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StorageError as exc:
         print(f"error: {exc.user_message}", file=sys.stderr)
         return 1
+    except (SQLAlchemyError, OSError) as exc:
+        log.debug("database error", exc_info=True)
+        print(f"error: {_database_problem(settings, exc)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _database_problem(settings: Settings, exc: BaseException) -> str:
+    """One line naming the (masked) database URL and the first line of the cause."""
+    cause = getattr(exc, "orig", None) or exc
+    reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0][:200]
+    return f"cannot use the database {mask_url(settings.database.url)}: {reason}"
 
 
 def _command_key(args: argparse.Namespace) -> str:

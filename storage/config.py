@@ -76,6 +76,8 @@ class EngineSettings(_Section):
     compile: bool = False
     onnx_provider: Literal["cpu", "gpu"] = "cpu"
     fusion: Literal["mean", "max", "norm_id", "max_token", "concat"] = "mean"
+    eva_source: Literal["eva-clip", "timm"] = "eva-clip"
+    min_face_px: int = Field(default=64, ge=16, le=1024)
 
 
 class ModerationSettings(_Section):
@@ -176,12 +178,11 @@ def _describe(exc: ValidationError, data: dict[str, Any]) -> str:
 
 def _lookup(data: Any, loc: tuple[Any, ...]) -> Any:
     for part in loc:
-        if isinstance(data, dict) and part in data:
-            data = data[part]
-        elif isinstance(data, list) and isinstance(part, int) and part < len(data):
-            data = data[part]
-        else:
+        in_dict = isinstance(data, dict) and part in data
+        in_list = isinstance(data, list) and isinstance(part, int) and part < len(data)
+        if not (in_dict or in_list):
             return None
+        data = data[part]
     return data
 
 

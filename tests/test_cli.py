@@ -78,3 +78,12 @@ def test_an_unmigrated_database_is_refused_with_one_line(tmp_path: Path) -> None
     assert out.stderr.strip() == (
         "error: The database has no pulid-bot schema yet; run `pulid-bot db upgrade`."
     )
+
+
+def test_an_unreachable_database_is_one_line_without_the_password(tmp_path: Path) -> None:
+    url = "postgresql+asyncpg://bot:pw-secret@127.0.0.1:1/pulid"
+    out = _cli("db", "upgrade", cwd=tmp_path, env={"PULID_BOT__DATABASE__URL": url})
+    assert out.returncode == 1
+    line = out.stderr.strip()
+    assert line.startswith("error: cannot use the database postgresql+asyncpg://bot:********@")
+    assert "\n" not in line and "pw-secret" not in line
