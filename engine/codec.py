@@ -8,6 +8,7 @@ embeddings made by other weights (:func:`engine.identity.check_fingerprint`).
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 from dataclasses import asdict
 
@@ -20,21 +21,38 @@ from engine.images import png_bytes
 from engine.pipeline import SamplingParams
 from storage import embeddings as stored
 
+log = logging.getLogger(__name__)
+
+#: The largest finite float16 value; tokens beyond it are stored as float32.
+HALF_MAX = float(np.finfo(np.float16).max)
 #: PNG text key and value that mark every output as machine-made.
 AI_TAG_KEY = "AI-generated"
 SOFTWARE = "pulid-bot (FLUX.1-dev + PuLID)"
 
 
-def to_storage(embedding: IdentityEmbedding, name: str = "", *, half: bool = False):
-    """The numpy form :mod:`storage.embeddings` packs (float32, or float16 when ``half``)."""
-    dtype = np.float16 if half else np.float32
+def to_storage(embedding: IdentityEmbedding, name: str = "", *, half: bool = True):
+    """The numpy form :mod:`storage.embeddings` packs.
+
+    Tokens are float16 by default (128 KiB per 32×2048, DESIGN §3; safetensors' numpy API has no
+    bfloat16), float32 with ``half=False`` or when a value lies outside float16's range. The raw
+    ArcFace vectors stay float32.
+    """
+    ids, uncond = embedding.id_tokens.float().cpu(), embedding.uncond_tokens[0].float().cpu()
+    dtype = np.float16 if half and _fits_half(ids, uncond) else np.float32
     return stored.IdentityEmbedding(
-        id_tokens=embedding.id_tokens.float().cpu().numpy().astype(dtype),
-        uncond_tokens=embedding.uncond_tokens[0].float().cpu().numpy().astype(dtype),
+        id_tokens=ids.numpy().astype(dtype),
+        uncond_tokens=uncond.numpy().astype(dtype),
         arcface=np.asarray(embedding.arcface, dtype=np.float32),
         fingerprint=embedding.fingerprint,
         name=name,
     )
+
+
+def _fits_half(*tensors: torch.Tensor) -> bool:
+    fits = all(float(t.abs().max()) <= HALF_MAX for t in tensors)
+    if not fits:
+        log.warning("identity tokens exceed the float16 range: stored as float32")
+    return fits
 
 
 def from_storage(record, fingerprint: str | None = None) -> IdentityEmbedding:
@@ -49,10 +67,9 @@ def from_storage(record, fingerprint: str | None = None) -> IdentityEmbedding:
     )
 
 
-def embedding_to_bytes(
-    embedding: IdentityEmbedding, name: str = "", *, half: bool = False
-) -> bytes:
-    """Safetensors bytes of an identity (the ``/face export`` file and the database column)."""
+def embedding_to_bytes(embedding: IdentityEmbedding, name: str = "", *, half: bool = True) -> bytes:
+    """Safetensors bytes of an identity (the ``/face export`` file and the database column);
+    float16 tokens unless ``half=False``. Either dtype reads back (older saves are float32)."""
     return stored.pack(to_storage(embedding, name, half=half))
 
 
