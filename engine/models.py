@@ -64,7 +64,8 @@ class Asset:
     size: int | None = None
     sha256: str | None = None
     patterns: tuple[str, ...] = ()
-    fingerprinted: bool = False
+    #: When set, the asset is optional: its absence is a warning (this text), not a start-up error.
+    fallback: str | None = None
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,12 @@ EVA_SOURCES = {
     "timm": ("timm/eva02_large_patch14_clip_336.merged2b_s6b_b61k", "open_clip_model.safetensors"),
 }
 BISENET_URL = "https://github.com/xinntao/facexlib/releases/download/v0.2.0/parsing_bisenet.pth"
+#: The roles whose files make an identity embedding, in the order the fingerprint hashes them.
+FINGERPRINT_ROLES = ("pulid", "eva", "arcface")
+HAAR_FALLBACK = (
+    "the lower-quality Haar fallback detector will be used (OpenCV, no download); "
+    "run `pulid-bot models download` for SCRFD"
+)
 
 
 def _file(role: str, local: str, repo: str | None, name: str | None, **kw) -> Asset:
@@ -116,12 +123,11 @@ def flux_dev_preset(pulid_version: str = "v0.9.1", eva_source: str = "eva-clip")
     return PresetConfig("flux-dev", (
         Asset("flux", "FLUX.1-dev", "black-forest-labs/FLUX.1-dev",
               patterns=("model_index.json", *(f"{s}/*" for s in FLUX_SUBFOLDERS))),
-        _file("pulid", pulid, "guozinan/PuLID", pulid, fingerprinted=True),
-        _file("eva", eva_file, eva_repo, eva_file, fingerprinted=True),
+        _file("pulid", pulid, "guozinan/PuLID", pulid),
+        _file("eva", eva_file, eva_repo, eva_file),
         _file("detector", "antelopev2/scrfd_10g_bnkps.onnx", "DIAMONIK7777/antelopev2",
-              "scrfd_10g_bnkps.onnx"),
-        _file("arcface", "antelopev2/glintr100.onnx", "DIAMONIK7777/antelopev2", "glintr100.onnx",
-              fingerprinted=True),
+              "scrfd_10g_bnkps.onnx", fallback=HAAR_FALLBACK),
+        _file("arcface", "antelopev2/glintr100.onnx", "DIAMONIK7777/antelopev2", "glintr100.onnx"),
         _file("parser", "parsing_bisenet.pth", None, None, url=BISENET_URL),
     ))  # fmt: skip
 
@@ -133,24 +139,37 @@ TINY_PRESET = PresetConfig("tiny", (), tiny=True)
 
 
 def file_identity(path: Path) -> str:
-    """``name:size:sha256(first MiB)``: cheap and distinct for different weight files."""
+    """``size:sha256(first MiB, last MiB)`` of a file's contents: cheap, and the same whatever
+    the file or its folder is called (a symlink counts as the file it points to)."""
+    size = path.stat().st_size
+    digest = hashlib.sha256()
     with open(path, "rb") as stream:
-        head = hashlib.sha256(stream.read(FIRST_MIB)).hexdigest()
-    return f"{path.name}:{path.stat().st_size}:{head}"
+        digest.update(stream.read(FIRST_MIB))
+        if size > FIRST_MIB:
+            stream.seek(max(FIRST_MIB, size - FIRST_MIB))
+            digest.update(stream.read(FIRST_MIB))
+    return f"{size}:{digest.hexdigest()}"
 
 
 def fingerprint(preset: str, parts: Iterable[str]) -> str:
-    """``preset:hash`` over the preset name and the weight identities (order-independent)."""
+    """``preset:hash`` over the preset name and the weight identities, in the given order."""
     digest = hashlib.sha256(preset.encode())
-    for part in sorted(parts):
+    for part in parts:
         digest.update(b"\0" + part.encode())
     return f"{preset}:{digest.hexdigest()[:32]}"
 
 
 def preset_fingerprint(preset: PresetConfig, model_dir: Path) -> str:
-    """Fingerprint of the identity-making weights (PuLID, EVA, ArcFace) of a real preset."""
-    paths = [local_path(a, model_dir) for a in preset.assets if a.fingerprinted]
-    return fingerprint(preset.name, (f"{p.parent.name}/{file_identity(p)}" for p in paths))
+    """Fingerprint of the identity-making weights (PuLID, EVA, ArcFace) of a real preset.
+
+    Only the files' contents count, role by role in :data:`FINGERPRINT_ROLES` order: the same
+    weights under another model folder (``./models`` here, ``/models`` in a container) or
+    another file name give the same fingerprint.
+    """
+    assets = [preset.asset(role) for role in FINGERPRINT_ROLES]
+    return fingerprint(
+        preset.name, (f"{a.role}={file_identity(local_path(a, model_dir))}" for a in assets)
+    )
 
 
 def tiny_fingerprint(seed: int, spec: dict[str, object]) -> str:
@@ -174,16 +193,47 @@ def local_path(asset: Asset, model_dir: Path) -> Path:
 
 
 def check(preset: PresetConfig, model_dir: Path, *, hashes: bool = False) -> list[str]:
-    """One line per missing or mismatched file; empty when the set is complete."""
+    """One line per missing or mismatched file; empty when the set is complete.
+
+    A missing optional file (one with a ``fallback``) is listed too, as a warning that says what
+    replaces it.
+    """
     problems: list[str] = []
     for asset in preset.assets:
-        try:
-            path = local_path(asset, model_dir)
-        except MissingWeightsError as exc:
-            problems.append(str(exc))
-            continue
-        problems += _check_asset(asset, path, hashes)
+        if (missing := _absence(asset, model_dir)) is not None:
+            problems.append(str(missing) if asset.fallback is None else _warning(asset, model_dir))
+        else:
+            problems += _check_asset(asset, local_path(asset, model_dir), hashes)
     return problems
+
+
+def require(preset: PresetConfig, model_dir: Path) -> None:
+    """Raise :class:`MissingWeightsError` (the first missing file and a count) unless every
+    required file is present; optional files (with a ``fallback``) may be absent."""
+    missing = [
+        exc
+        for asset in preset.assets
+        if asset.fallback is None and (exc := _absence(asset, model_dir)) is not None
+    ]
+    if len(missing) > 1:
+        raise MissingWeightsError(
+            f"{missing[0]} (and {len(missing) - 1} more: `pulid-bot models check` lists them)"
+        )
+    if missing:
+        raise missing[0]
+
+
+def _absence(asset: Asset, model_dir: Path) -> MissingWeightsError | None:
+    try:
+        local_path(asset, model_dir)
+    except MissingWeightsError as exc:
+        return exc
+    return None
+
+
+def _warning(asset: Asset, model_dir: Path) -> str:
+    path = Path(model_dir) / asset.local
+    return f"warning: {asset.role} weights missing: {path}; {asset.fallback}"
 
 
 def _check_asset(asset: Asset, path: Path, hashes: bool) -> list[str]:
@@ -209,13 +259,16 @@ def _check_flux(path: Path) -> list[str]:
 
 
 def _check_pulid(path: Path) -> list[str]:
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     from engine.pulid import official_shapes
 
     want = official_shapes()
-    with safe_open(str(path), framework="pt") as f:
-        have = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            have = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError) as exc:
+        return [f"{path.name} is not a readable safetensors file ({exc})"]
     bad = sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k))
     if bad:
         return [f"{path.name}: {len(bad)} keys missing or mis-shaped, e.g. {bad[0]}"]

@@ -57,22 +57,72 @@ def test_missing_weights_are_a_clear_error_at_load(tmp_path) -> None:
         load_engine("flux-dev", model_dir=tmp_path)
     message = str(info.value)
     assert "FLUX.1-dev" in message and "pulid-bot models download" in message
-    assert "(and 5 more: `pulid-bot models check` lists them)" in message
+    assert "(and 4 more: `pulid-bot models check` lists them)" in message  # detector optional
     assert "\n" not in message
     listed = models.check(models.flux_dev_preset(), tmp_path)
     assert any("pulid_flux_v0.9.1.safetensors" in p for p in listed)
     assert any("glintr100.onnx" in p for p in listed)
 
 
-def test_fingerprint_follows_the_weight_files(tmp_path) -> None:
+def _complete_set(root: Path, preset: models.PresetConfig, *, skip: tuple[str, ...] = ()) -> Path:
+    for asset in preset.assets:
+        if asset.role in skip:
+            continue
+        path = root / asset.local
+        path.mkdir(parents=True) if asset.role == "flux" else _touch(path)
+    return root
+
+
+def test_a_missing_detector_is_a_warning_naming_the_haar_fallback(tmp_path) -> None:
     preset = models.flux_dev_preset()
-    for role in ("pulid", "eva", "arcface"):
-        _touch(tmp_path / preset.asset(role).local, 3000)
-    first = models.preset_fingerprint(preset, tmp_path)
-    assert first == models.preset_fingerprint(preset, tmp_path)
+    root = _complete_set(tmp_path, preset, skip=("detector",))
+    models.require(preset, root)  # starts: the Haar detector stands in for SCRFD
+    (detector_line,) = [p for p in models.check(preset, root) if "scrfd" in p]
+    assert detector_line.startswith("warning: detector weights missing")
+    assert "Haar fallback detector will be used" in detector_line
+    assert any("pulid_flux_v0.9.1.safetensors is not a readable safetensors" in p
+               for p in models.check(preset, root))  # fmt: skip
+    (root / preset.asset("arcface").local).unlink()
+    with pytest.raises(models.MissingWeightsError, match="arcface weights missing.*glintr100"):
+        models.require(preset, root)  # glintr100 makes the identity: no fallback
+
+
+def test_eva_source_picks_the_required_eva_file(tmp_path) -> None:
+    timm = models.flux_dev_preset(eva_source="timm")
+    root = _complete_set(tmp_path, models.flux_dev_preset())
+    with pytest.raises(models.MissingWeightsError, match="open_clip_model.safetensors"):
+        load_engine("flux-dev", model_dir=root, eva_source="timm")
+    _touch(root / timm.asset("eva").local)
+    models.require(timm, root)
+
+
+def _weights(root: Path, preset: models.PresetConfig, contents: dict[str, bytes]) -> Path:
+    for role, data in contents.items():
+        path = root / preset.asset(role).local
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return root
+
+
+def test_fingerprint_depends_on_the_weight_contents_only(tmp_path) -> None:
+    preset = models.flux_dev_preset()
+    size = 2 * models.FIRST_MIB + 300
+    contents = {role: bytes([i]) * size for i, role in enumerate(models.FINGERPRINT_ROLES)}
+    here = _weights(tmp_path / "work" / "models", preset, contents)
+    first = models.preset_fingerprint(preset, here)
     assert first.startswith("flux-dev:") and len(first) == len("flux-dev:") + 32
-    _touch(tmp_path / preset.asset("arcface").local, 3001)
-    assert models.preset_fingerprint(preset, tmp_path) != first
+    there = _weights(tmp_path / "container" / "weights", preset, contents)
+    assert models.preset_fingerprint(preset, there) == first  # other folder name and place
+    linked = tmp_path / "linked"
+    for role in models.FINGERPRINT_ROLES:
+        target = linked / preset.asset(role).local
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(here / preset.asset(role).local)
+    assert models.preset_fingerprint(preset, linked) == first
+    tail = {**contents, "arcface": contents["arcface"][:-1] + b"\xff"}  # only the last MiB
+    assert models.preset_fingerprint(preset, _weights(tmp_path / "b", preset, tail)) != first
+    swapped = {**contents, "pulid": contents["eva"], "eva": contents["pulid"]}  # role order
+    assert models.preset_fingerprint(preset, _weights(tmp_path / "c", preset, swapped)) != first
     assert models.tiny_fingerprint(0, {"a": 1}) != models.tiny_fingerprint(1, {"a": 1})
 
 
@@ -144,6 +194,11 @@ def test_cli_models_check(tmp_path, monkeypatch, capsys) -> None:
     assert engine_main(["models", "check"]) == 1
     out = capsys.readouterr().out
     assert "6 problem(s)" in out and "glintr100.onnx" in out
+    assert "Haar fallback" in out and "EVA02_CLIP_L_336_psz14_s6B.pt" in out
+    monkeypatch.setenv("PULID_BOT__ENGINE__EVA_SOURCE", "timm")
+    assert engine_main(["models", "check"]) == 1
+    out = capsys.readouterr().out
+    assert "open_clip_model.safetensors" in out and "EVA02_CLIP" not in out
     assert engine_main(["models", "download"]) == 2  # no --accept-licence
     monkeypatch.setenv("PULID_BOT__ENGINE__PRESET", "tiny")
     assert engine_main(["models", "check"]) == 0
