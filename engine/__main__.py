@@ -32,7 +32,9 @@ def _preset(settings: Settings):
     from engine import models
 
     eng = settings.engine
-    return models.TINY_PRESET if eng.preset == "tiny" else models.flux_dev_preset(eng.pulid_version)
+    if eng.preset == "tiny":
+        return models.TINY_PRESET
+    return models.flux_dev_preset(eng.pulid_version, eng.eva_source)
 
 
 def models_download(args: argparse.Namespace, settings: Settings) -> int:

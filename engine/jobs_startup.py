@@ -80,8 +80,8 @@ def load(settings: Settings, device: torch.device) -> Engine:
         return load_engine(
             eng.preset, device=device, memory_mode=eng.memory_mode, model_dir=eng.model_dir,
             cache_dir=eng.hf_cache, compile=eng.compile, pulid_version=eng.pulid_version,
-            fusion=eng.fusion, onnx_provider=eng.onnx_provider,
-            max_pixels=settings.limits.max_pixels,
+            eva_source=eng.eva_source, fusion=eng.fusion, onnx_provider=eng.onnx_provider,
+            max_pixels=settings.limits.max_pixels, min_face_px=eng.min_face_px,
         )  # fmt: skip
     except MissingWeightsError as exc:
         raise StartupError(str(exc)) from exc

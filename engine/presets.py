@@ -20,6 +20,7 @@ from PIL import Image
 
 from engine import models, tiny
 from engine.eva import EvaTower, build_eva, load_eva_weights
+from engine.faces_choice import MIN_FACE_PX
 from engine.identity import FUSION_METHODS, IdentityEmbedding, IdentityEncoder, check_fingerprint
 from engine.memory import MEMORY_MODES, MemoryModeError, MemoryPlan, apply_memory_mode
 from engine.pipeline import (
@@ -60,6 +61,11 @@ GPU_OOM_ADVICE = {
     "fp8": "try a smaller size (the host already uses the lightest memory mode)",
 }
 HOST_OOM_ADVICE = "try a smaller size, or ask the host to give the bot more memory"
+#: ONNX Runtime providers of the face models, by ``[engine] onnx_provider``.
+ONNX_PROVIDERS = {
+    "cpu": ("CPUExecutionProvider",),
+    "gpu": ("CUDAExecutionProvider", "CPUExecutionProvider"),
+}
 
 
 class EngineOutOfMemory(RuntimeError):
@@ -131,13 +137,14 @@ class Engine:
 
     def __init__(
         self, name: str, parts: Components, memory: MemoryPlan, *, workdir: Path | None = None,
-        fusion: str = "mean", max_pixels: int | None = None,
+        fusion: str = "mean", max_pixels: int | None = None, min_face_px: float = MIN_FACE_PX,
     ) -> None:  # fmt: skip
         self.name = name
         self.pipeline = FluxPulidPipeline(parts.flux, parts.adapter, memory.device)
         self.encoder = IdentityEncoder(parts.tower, parts.adapter, parts.fingerprint)
         self.analyzer, self.parser = parts.analyzer, parts.parser
         self.memory, self.fusion, self.max_pixels = memory, fusion, max_pixels
+        self.min_face_px = min_face_px
         self._workdir = workdir
 
     @property
@@ -151,13 +158,16 @@ class Engine:
 
     def prepare_face(self, data: bytes, *, crop=None, crop_relative: bool = False,
                      index: int | None = None):  # fmt: skip
-        """Decode, detect, choose, align and parse one upload (raises FaceError / ImageError)."""
+        """Decode, detect, choose, align and parse one upload (raises FaceError / ImageError).
+
+        Faces smaller than ``min_face_px`` (``[engine] min_face_px``) are refused as too small.
+        """
         from engine.faces import prepare_reference
 
         with self._guard(free_after=False):
             return prepare_reference(
                 data, self.analyzer, self.parser, crop=crop, crop_relative=crop_relative,
-                index=index, eva_size=self.encoder.tower.image_size,
+                index=index, eva_size=self.encoder.tower.image_size, min_face_px=self.min_face_px,
             )  # fmt: skip
 
     def encode_identity(self, refs: Sequence, **face_options) -> IdentityEmbedding:
@@ -254,6 +264,11 @@ def build_tiny(
     return Components(flux, adapter, tower, analyzer, FaceParser.tiny(seed, device=device), fp)
 
 
+#: The flux-dev files :func:`build_flux_dev` opens itself (the face files go through
+#: :func:`flux_dev_analyzer`, where a missing detector means the Haar fallback).
+BUILT_ROLES = ("flux", "pulid", "eva")
+
+
 def build_flux_dev(
     cfg: models.PresetConfig, model_dir: Path, cache_dir: Path | None, device: torch.device,
     dtype: torch.dtype, onnx_provider: str = "cpu",
@@ -261,21 +276,36 @@ def build_flux_dev(
     """The real weights from ``model_dir`` (see :mod:`engine.models`); missing → clear error."""
     from diffusers import FluxPipeline
 
-    from engine.faces import BISENET_FILE, FaceAnalyzer
+    from engine.faces import BISENET_FILE
     from engine.parsing import FaceParser
     from engine.pulid import PulidAdapter, load_pulid_state_dict
 
-    paths = {a.role: models.local_path(a, model_dir) for a in cfg.assets}
-    flux = FluxPipeline.from_pretrained(str(paths["flux"]), torch_dtype=dtype, cache_dir=cache_dir)
+    path = {role: models.local_path(cfg.asset(role), model_dir) for role in BUILT_ROLES}
+    flux = FluxPipeline.from_pretrained(str(path["flux"]), torch_dtype=dtype, cache_dir=cache_dir)
     flux.set_progress_bar_config(disable=True)
-    adapter = PulidAdapter.attach(flux.transformer, load_pulid_state_dict(paths["pulid"]))
-    tower = EvaTower(load_eva_weights(build_eva(), paths["eva"]).to(dtype))
-    providers = ("CUDAExecutionProvider", "CPUExecutionProvider") if onnx_provider == "gpu" else (
-        "CPUExecutionProvider",)  # fmt: skip
-    analyzer = FaceAnalyzer.from_folder(model_dir, providers=providers, haar_fallback=False)
+    adapter = PulidAdapter.attach(flux.transformer, load_pulid_state_dict(path["pulid"]))
+    tower = EvaTower(load_eva_weights(build_eva(), path["eva"]).to(dtype))
+    analyzer = flux_dev_analyzer(model_dir, onnx_provider)
     parser = FaceParser.from_file(Path(model_dir) / BISENET_FILE, device=device)
     fp = models.preset_fingerprint(cfg, model_dir)
     return Components(flux, adapter, tower, analyzer, parser, fp)
+
+
+def flux_dev_analyzer(model_dir: Path, onnx_provider: str = "cpu"):  # -> FaceAnalyzer
+    """antelopev2 (SCRFD + glintr100) from ``model_dir``, the flux-dev face front-end.
+
+    Without the SCRFD file it is the Haar detector with glintr100, whose ``quality_note`` says
+    it is the lower-quality fallback (the note reaches the user with each face job); without
+    glintr100 (needed for the identity itself) it is :class:`models.MissingWeightsError`.
+    """
+    from engine.faces import FaceAnalyzer, MissingModelError
+
+    if onnx_provider not in ONNX_PROVIDERS:
+        raise ValueError(f"onnx_provider {onnx_provider!r}: choose one of cpu, gpu")
+    try:
+        return FaceAnalyzer.from_folder(model_dir, providers=ONNX_PROVIDERS[onnx_provider])
+    except MissingModelError as exc:
+        raise models.MissingWeightsError(exc.user_message) from exc
 
 
 def load_engine(
@@ -291,9 +321,14 @@ def load_engine(
     fusion: str = "mean",
     onnx_provider: str = "cpu",
     max_pixels: int | None = None,
+    min_face_px: float = MIN_FACE_PX,
     seed: int = 0,
 ) -> Engine:
-    """Build the engine of ``preset`` on ``device`` (weights must already be downloaded)."""
+    """Build the engine of ``preset`` on ``device`` (weights must already be downloaded).
+
+    ``eva_source`` picks the EVA02-CLIP file (``eva-clip`` official or ``timm``) and
+    ``min_face_px`` the smallest face side :meth:`Engine.prepare_face` accepts.
+    """
     if preset not in PRESETS:
         raise ValueError(f"preset {preset!r}: choose one of {', '.join(PRESETS)}")
     if fusion not in FUSION_METHODS:
@@ -311,7 +346,7 @@ def load_engine(
     else:
         cfg = models.flux_dev_preset(pulid_version, eva_source)
         model_dir = Path(model_dir or "models")
-        _require(cfg, model_dir)
+        models.require(cfg, model_dir)
         cache = Path(cache_dir) if cache_dir else None
         parts = build_flux_dev(cfg, model_dir, cache, device, dtype, onnx_provider)
     _cast(parts.flux.components.values(), dtype)
@@ -323,7 +358,10 @@ def load_engine(
     if compile:
         parts.flux.transformer.compile_repeated_blocks()
     log.info("engine %s ready on %s (%s, %s)", preset, device, memory_mode, dtype)
-    return Engine(preset, parts, memory, workdir=workdir, fusion=fusion, max_pixels=max_pixels)
+    return Engine(
+        preset, parts, memory, workdir=workdir, fusion=fusion, max_pixels=max_pixels,
+        min_face_px=min_face_px,
+    )  # fmt: skip
 
 
 def _cast(modules, dtype: torch.dtype) -> None:
@@ -334,23 +372,3 @@ def _cast(modules, dtype: torch.dtype) -> None:
         param = next(module.parameters(), None)
         if param is not None and param.is_floating_point() and param.dtype != dtype:
             module.to(dtype)
-
-
-def _require(cfg: models.PresetConfig, model_dir: Path) -> None:
-    missing = _missing(cfg, model_dir)
-    if len(missing) == 1:
-        raise missing[0]
-    if missing:
-        raise models.MissingWeightsError(
-            f"{missing[0]} (and {len(missing) - 1} more: `pulid-bot models check` lists them)"
-        )
-
-
-def _missing(cfg: models.PresetConfig, model_dir: Path) -> list[Exception]:
-    out = []
-    for asset in cfg.assets:
-        try:
-            models.local_path(asset, model_dir)
-        except models.MissingWeightsError as exc:
-            out.append(exc)
-    return out

@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
+from engine import jobs_startup as startup
+from engine.faces import HAAR_NOTE, FaceTooSmallError
+from engine.faces_models import ARCFACE_PATH, SCRFD_PATH
 from engine.identity import FingerprintMismatch, IdentityEmbedding
 from engine.memory import MemoryModeError, MemoryPlan
+from engine.models import MissingWeightsError, flux_dev_preset
 from engine.pipeline import PipelineInputError, SamplingParams
 from engine.presets import (
     TINY_NOTICE,
     EngineOutOfMemory,
+    flux_dev_analyzer,
     load_engine,
     out_of_memory_message,
     size_for_aspect,
 )
+from engine.tinyfaces import write_tiny_arcface, write_tiny_scrfd
+from storage.config import Settings
 
 PARAMS = SamplingParams(width=64, height=64, steps=3, seed=5, max_sequence_length=32)
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -171,3 +180,55 @@ def test_aspect_presets_and_bad_choices() -> None:
         load_engine("tiny", fusion="median")
     with pytest.raises(MemoryModeError, match="memory mode"):
         load_engine("tiny", memory_mode="turbo")
+
+
+def _face_dir(root: Path, *, scrfd: bool, arcface: bool = True) -> Path:
+    if arcface:
+        write_tiny_arcface(root / ARCFACE_PATH, seed=0)
+    if scrfd:
+        write_tiny_scrfd(root / SCRFD_PATH, seed=0)
+    return root
+
+
+def test_flux_dev_faces_without_scrfd_use_haar_and_say_so(engine, astronaut_png, tmp_path) -> None:
+    analyzer = flux_dev_analyzer(_face_dir(tmp_path, scrfd=False))
+    assert analyzer.detector.name == "haar" and "lower quality" in analyzer.quality_note
+    before = engine.analyzer
+    engine.analyzer = analyzer
+    try:
+        face = engine.prepare_face(astronaut_png)
+    finally:
+        engine.analyzer = before
+    assert face.quality_note == HAAR_NOTE  # the face job's note, shown to the user
+    assert face.arcface.shape == (512,) and face.face.det_score > 0
+
+
+def test_flux_dev_faces_with_scrfd_are_full_quality(tmp_path) -> None:
+    analyzer = flux_dev_analyzer(_face_dir(tmp_path, scrfd=True))
+    assert analyzer.detector.name == "scrfd" and analyzer.quality_note is None
+    with pytest.raises(ValueError, match="onnx_provider"):
+        flux_dev_analyzer(tmp_path, onnx_provider="tpu")
+
+
+def test_flux_dev_faces_without_glintr100_are_a_start_up_error(tmp_path) -> None:
+    with pytest.raises(MissingWeightsError, match="glintr100.onnx is missing"):
+        flux_dev_analyzer(_face_dir(tmp_path, scrfd=True, arcface=False))
+
+
+def test_engine_settings_reach_the_engine(astronaut_png, tmp_path) -> None:
+    settings = Settings(engine={"preset": "tiny", "min_face_px": 200})
+    small = startup.load(settings, torch.device("cpu"))
+    try:
+        assert small.min_face_px == 200
+        with pytest.raises(FaceTooSmallError, match="at least 200 px"):
+            small.prepare_face(astronaut_png)  # accepted at the default 64 px (tests above)
+    finally:
+        small.close()
+    models_dir = tmp_path / "models"
+    for asset in flux_dev_preset().assets:  # everything but the timm EVA file
+        path = models_dir / asset.local
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.mkdir() if asset.role == "flux" else path.write_bytes(b"x")
+    timm = Settings(engine={"preset": "flux-dev", "eva_source": "timm", "model_dir": models_dir})
+    with pytest.raises(startup.StartupError, match="eva weights missing.*open_clip_model"):
+        startup.load(timm, torch.device("cpu"))
