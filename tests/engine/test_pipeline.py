@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from pipeline_support import spy_passes
 from pulid_support import tiny_flux_adapter
 
 from engine import tiny
@@ -86,41 +87,16 @@ def test_weight_zero_and_no_identity_are_plain_flux(pipe, flux, embeds, identity
     assert torch.equal(_diffusers(flux, "latent"), plain)
 
 
-def _spy(pipe, adapter, embeds, negative):
-    """Log per transformer call: which text (pos/neg) and which tokens reached CA module 0."""
-    calls: list[list] = []
-
-    def on_forward(_module, _args, kwargs):
-        text = kwargs["encoder_hidden_states"]
-        calls.append(["pos" if text is embeds.prompt_embeds else "neg", None])
-
-    def on_ca(_module, args, _output):
-        calls[-1][1] = args[0].clone()
-
-    handles = [
-        pipe.transformer.register_forward_pre_hook(on_forward, with_kwargs=True),
-        adapter.pulid_ca[0].register_forward_hook(on_ca),
-    ]
-    return calls, handles
-
-
-def test_start_step_and_true_cfg_switch_on_at_the_configured_steps(
-    pipe, adapter, embeds, identity
-) -> None:
+def test_start_step_and_true_cfg_switch_on_at_the_configured_steps(pipe, embeds, identity) -> None:
     params = SamplingParams(
         **{**PARAMS.__dict__, "steps": 5, "start_step": 3, "true_cfg": 3.0, "cfg_start_step": 1}
     )
     negative = pipe.encode_prompt("blurry", 32)
-    calls, handles = _spy(pipe, adapter, embeds, negative)
     steps: list[int] = []
-    try:
+    with spy_passes(pipe, embeds) as passes:
         pipe.denoise(embeds, params, identity, negative=negative, on_step=steps.append)
-    finally:
-        for h in handles:
-            h.remove()
-    kinds = [kind for kind, _ in calls]
-    assert kinds == ["pos"] + ["pos", "neg"] * 4
-    tokens = [t for _, t in calls]
+    assert [p.kind for p in passes] == ["pos"] + ["pos", "neg"] * 4
+    tokens = [p.tokens for p in passes]
     assert all(t is None for t in tokens[:5])  # steps 0-2: no identity at all
     for i in (5, 7):  # steps 3 and 4: cond tokens in the positive, uncond in the negative pass
         assert torch.equal(tokens[i], identity.cond)
