@@ -14,6 +14,13 @@ so a job that keeps killing its workers fails after the maximum). Results, the j
 face job's identity are written only under the lease, in one transaction, so a re-run never finds
 half a job. Out-of-memory fails that
 job, frees memory, and the worker carries on; no exception in a job ends the worker.
+
+Refusals (no face, several faces and no choice, a face made by other weights, an unreadable
+image) end the job FAILED, not done: nothing was made, and /jobs and the counters say so. The
+failure carries the user's one-line message, a machine-readable :class:`~storage.schemas.Refusal`
+(several faces: how many) and, when the engine drew one, the numbered preview of the faces
+found as the job's PREVIEW result — all written in one transaction (storage.jobs.fail), which
+the bot delivers as the failure with the preview and a button per face.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from typing import TypeVar
 import torch
 
 from engine.compare import run_compare
-from engine.jobs_errors import Failure, JobRefused, describe
+from engine.jobs_errors import Failure, describe
 from engine.jobs_exec import JobContext, JobOutcome, run_batch, run_face, run_imagine
 from engine.jobs_monitor import JobMonitor, StopReason
 from engine.pipeline import GenerationCancelled
@@ -291,8 +298,6 @@ class Worker:
         failure = describe(exc, self.engine.memory)
         if failure.unexpected:
             log.error("job %s: unexpected error", job.id, exc_info=exc)
-        if isinstance(exc, JobRefused) and exc.preview:
-            await self._store_preview(job, monitor, exc.preview)
         return await self._fail(job, started, failure), failure.out_of_memory
 
     async def _release(self, job: JobRecord, started: float, detail: str) -> str:
@@ -302,19 +307,14 @@ class Worker:
         return self._log(job, Ending.RELEASED, started, detail)
 
     async def _fail(self, job: JobRecord, started: float, failure: Failure) -> str:
-        await jobs.fail(
+        """Fail the job with its message, note, refusal and preview (one transaction)."""
+        failed = await jobs.fail(
             self.db, job.id, self.worker_id, failure.user_message, failure.detail,
-            note=failure.note,
+            note=failure.note, refusal=failure.refusal, preview=failure.preview,
         )  # fmt: skip
+        if not failed:
+            return self._log(job, Ending.ABANDONED, started, "lease lost before the failure")
         return self._log(job, Ending.FAILED, started, failure.user_message)
-
-    async def _store_preview(self, job: JobRecord, monitor: JobMonitor, png: bytes) -> None:
-        step, total = monitor.written or (0, 0)
-        with contextlib.suppress(LeaseLost):
-            await jobs.progress(
-                self.db, job.id, self.worker_id, step, total, preview=png,
-                lease_seconds=self.options.lease_seconds,
-            )  # fmt: skip
 
     def _log(self, job: JobRecord, ending: str, started: float, detail: str) -> str:
         elapsed = time.monotonic() - started

@@ -21,10 +21,10 @@ Public API (all async, ``db`` first; everything is importable from this module):
     drop_held(db, owner_id) -> int
 
 Uploads (``input_blob``) are dropped when a job ends, unless the host keeps inputs, with one
-exception: a face job refused because its photo shows several faces (it fails after storing
-a preview, see storage.leases.fail) keeps its upload until the owner answers with a face
-choice — ``enqueue(..., input_from=<that job>)`` moves the upload to the new job — or until
-retention prunes the job. A face request held for consent (storage.job_holds) keeps its
+exception: a face job refused because its photo shows several faces (it fails with a
+``Refusal`` of code SEVERAL_FACES and a numbered preview, see storage.leases.fail) keeps its
+upload until the owner answers with a face choice — ``enqueue(..., input_from=<that job>)``
+moves the upload to the new job — or until retention prunes the job. A face request held for consent (storage.job_holds) keeps its
 upload the same way. Both are the owner's own pending uploads, erased by erase_user too.
   worker side (storage.leases, storage.job_finish):
     claim(db, worker_id, *, kinds=None, lease_seconds=None, reap=True, now=None)
@@ -33,7 +33,8 @@ upload the same way. Both are the owner's own pending uploads, erased by erase_u
     progress(db, job_id, worker_id, step, total, *, preview=None, lease_seconds=None) -> bool
     finish(db, job_id, worker_id, results, *, note=None, identity=None) -> bool
         (False: lease lost, nothing written; ``identity`` saves a face job's face with it)
-    fail(db, job_id, worker_id, user_message, detail=None, *, retry=False, note=None) -> bool
+    fail(db, job_id, worker_id, user_message, detail=None, *, retry=False, note=None,
+         refusal=None, preview=None) -> bool     (refusal: storage.schemas.Refusal)
     release(db, job_id, worker_id) -> bool   (graceful stop: re-queued, attempt not counted)
     mark_cancelled(db, job_id, worker_id) -> bool
     requeue_expired(db, *, now=None) -> RequeueReport

@@ -7,7 +7,8 @@ Public API (all async, ``db`` first):
     progress(db, job_id, worker_id, step, total, *, preview=None, lease_seconds=None) -> bool
     finish(db, job_id, worker_id, results, *, note=None, identity=None) -> bool
         (storage.job_finish; False: lease lost, nothing written)
-    fail(db, job_id, worker_id, user_message, detail=None, *, retry=False, note=None) -> bool
+    fail(db, job_id, worker_id, user_message, detail=None, *, retry=False, note=None,
+         refusal=None, preview=None) -> bool
     release(db, job_id, worker_id) -> bool   (back to the queue, the attempt not counted)
     mark_cancelled(db, job_id, worker_id) -> bool      (stopped because cancel was requested)
     requeue_expired(db, *, now=None) -> RequeueReport
@@ -27,11 +28,9 @@ from typing import Any
 from sqlalchemy import (
     ColumnElement,
     String,
-    and_,
     case,
     cast,
     delete,
-    exists,
     insert,
     literal,
     null,
@@ -60,7 +59,7 @@ from storage.job_sql import (
 )
 from storage.models import utcnow
 from storage.records import JobRecord, RequeueReport
-from storage.schemas import JobKind, JobState, ResultKind
+from storage.schemas import JobKind, JobState, Refusal, ResultKind
 
 log = logging.getLogger(__name__)
 
@@ -226,13 +225,17 @@ async def fail(
     *,
     retry: bool = False,
     note: str | None = None,
+    refusal: Refusal | None = None,
+    preview: bytes | None = None,
 ) -> bool:
     """Fail the job with a one-line message for the user and a detail for the log.
 
     With ``retry`` the job is re-queued instead while attempts remain. ``note`` is kept for the
-    user next to the message (e.g. which face detector refused the photo). Returns False if
-    the worker no longer holds the job. A face job that stored a preview before failing (the
-    several-faces refusal) keeps its upload for the owner's face choice (storage.jobs).
+    user next to the message (e.g. which face detector refused the photo). ``refusal`` records
+    why the engine refused the job (storage.schemas.Refusal) and ``preview`` (the faces found,
+    numbered) is stored as the job's PREVIEW result, both in the failure's transaction. A face
+    job refused for several faces keeps its upload for the owner's face choice
+    (storage.jobs). Returns False if the worker no longer holds the job.
     """
     now = utcnow()
     async with db.transaction() as s:
@@ -241,11 +244,10 @@ async def fail(
             if await guarded(s, where, requeue_values(now, detail), J.id) is not None:
                 log.warning("job %s re-queued after error: %s", job_id, detail)
                 return True
-        values = closing(db, JobState.FAILED, now)
-        values.update(error_user=user_message, error_detail=detail, note=check_note(note))
-        if "input_blob" in values:
-            values["input_blob"] = _kept_for_face_choice()
+        values = _failed_values(db, now, user_message, detail, note, refusal)
         row = await guarded_row(s, held(job_id, worker_id), values)
+        if row is not None and preview:
+            await _store_preview(s, job_id, preview)
     if row is None:
         log.warning("job %s: fail by %s refused, lease lost", job_id, worker_id)
         return False
@@ -254,6 +256,23 @@ async def fail(
         *(job_id, row.attempts, elapsed(row, now), user_message, detail),
     )
     return True
+
+
+def _failed_values(
+    db: Database,
+    now: datetime,
+    user_message: str,
+    detail: str | None,
+    note: str | None,
+    refusal: Refusal | None,
+) -> dict[str, Any]:
+    values = closing(db, JobState.FAILED, now)
+    values.update(error_user=user_message, error_detail=detail, note=check_note(note))
+    code, faces = (refusal.code.value, refusal.faces) if refusal else (None, None)
+    values.update(refusal=code, faces_found=faces)
+    if "input_blob" in values and refusal is not None and refusal.face_choice:
+        values["input_blob"] = _kept_for_face_choice()
+    return values
 
 
 async def release(db: Database, job_id: int, worker_id: str) -> bool:
@@ -282,10 +301,8 @@ async def release(db: Database, job_id: int, worker_id: str) -> bool:
 
 
 def _kept_for_face_choice() -> ColumnElement[Any]:
-    """The upload of a face job refused with a preview (several faces), else NULL."""
-    preview = exists().where(RESULTS.c.job_id == J.id, RESULTS.c.kind == ResultKind.PREVIEW.value)
-    face = and_(J.kind == JobKind.FACE.value, preview)
-    return case((face, J.input_blob), else_=null())
+    """A face job's upload (kept for the owner's face choice); any other job's is dropped."""
+    return case((J.kind == JobKind.FACE.value, J.input_blob), else_=null())
 
 
 async def mark_cancelled(db: Database, job_id: int, worker_id: str) -> bool:

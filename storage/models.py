@@ -151,6 +151,8 @@ class Job(Base):
     error_user: Mapped[str | None] = mapped_column(Text)
     error_detail: Mapped[str | None] = mapped_column(Text)
     note: Mapped[str | None] = mapped_column(Text)  # a summary for the user (migration 0002)
+    refusal: Mapped[str | None] = mapped_column(String(32))  # RefusalCode (migration 0003)
+    faces_found: Mapped[int | None] = mapped_column(Integer)  # with a several-faces refusal
     delivery_platform: Mapped[str | None] = mapped_column(String(32))
     delivery_channel: Mapped[str | None] = mapped_column(String(64))
     delivery_message: Mapped[str | None] = mapped_column(String(256))

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from pydantic import ValidationError
+
 from storage import models
 from storage.schemas import (
     BatchParams,
@@ -21,6 +23,7 @@ from storage.schemas import (
     JobKind,
     JobState,
     ParamsError,
+    Refusal,
     ResultKind,
     WorkerState,
     load_params,
@@ -113,7 +116,9 @@ class JobRecord:
     ``params`` is None when the stored parameters cannot be read (written by another version,
     or damaged): such a job is failed by claim and never reaches a worker, but reads still
     return it so that its failure can be delivered. ``note`` is the worker's one-line summary
-    for the user (scores, quality notes), set by finish or fail.
+    for the user (scores, quality notes), set by finish or fail. ``refusal`` says, in machine-
+    readable form, why the engine refused a failed job (several faces and how many, no face…);
+    None otherwise, or when a newer version wrote a code this one does not know.
     """
 
     id: int
@@ -131,6 +136,7 @@ class JobRecord:
     error_user: str | None
     error_detail: str | None
     note: str | None
+    refusal: Refusal | None
     delivery: Delivery | None
     delivered: bool
     created_at: datetime
@@ -161,6 +167,7 @@ class JobRecord:
             error_user=row.error_user,
             error_detail=row.error_detail,
             note=row.note,
+            refusal=_refusal(row),
             delivery=_delivery(row),
             delivered=row.delivered,
             created_at=row.created_at,
@@ -186,6 +193,15 @@ def _params(row: Any, strict: bool) -> Params | None:
             raise
         return None
     return params
+
+
+def _refusal(row: Any) -> Refusal | None:
+    if row.refusal is None:
+        return None
+    try:
+        return Refusal(code=row.refusal, faces=row.faces_found)
+    except ValidationError:  # a code this version does not know
+        return None
 
 
 def _delivery(row: Any) -> Delivery | None:

@@ -3,9 +3,10 @@
 Public API (all async, ``db`` first):
     list_results(db, owner_id, job_id, *, kinds=(IMAGE, GRID)) -> list[ResultRecord]  (NotFound)
     get_result(db, owner_id, job_id, index, *, kind=ResultKind.IMAGE) -> ResultRecord (NotFound)
-    get_preview(db, owner_id, job_id) -> bytes | None      (latest progress preview, if any)
+    get_preview(db, owner_id, job_id) -> bytes | None      (the job's preview, if any)
 A foreign job behaves exactly like an unknown one. Results are written only by
-storage.jobs.finish (and previews by storage.jobs.progress).
+storage.jobs.finish, previews by storage.jobs.progress or, for a refused job (the faces found,
+numbered), by storage.jobs.fail; ``list_results(..., kinds=(ResultKind.PREVIEW,))`` reads those.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ async def get_result(
 
 
 async def get_preview(db: Database, owner_id: int, job_id: int) -> bytes | None:
-    """The latest progress preview of the user's job, if the worker stored one."""
+    """The job's preview (progress, or the faces a refused job found), if one was stored."""
     async with db.session() as s:
         await _own_job(s, owner_id, job_id)
         return await s.scalar(

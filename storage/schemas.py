@@ -10,7 +10,14 @@ import enum
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 PARAMS_VERSION = 1
 
@@ -42,7 +49,8 @@ class JobState(enum.StrEnum):
 
 
 class ResultKind(enum.StrEnum):
-    """What a stored result image is: a final image, a compare grid, or a progress preview."""
+    """What a stored result image is: a final image, a compare grid, or a preview (of progress,
+    or of the faces a refused face job found, numbered)."""
 
     IMAGE = "image"
     GRID = "grid"
@@ -66,6 +74,46 @@ class FaceMode(enum.StrEnum):
 
 class _Params(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class RefusalCode(enum.StrEnum):
+    """Why the engine refused a job as asked (stored as ``jobs.refusal``)."""
+
+    NO_FACE = "no_face"
+    SEVERAL_FACES = "several_faces"
+    FACE_TOO_SMALL = "face_too_small"
+    BAD_CROP = "bad_crop"
+    BAD_FACE_INDEX = "bad_face_index"
+    BAD_IMAGE = "bad_image"
+    OTHER_WEIGHTS = "other_weights"
+
+
+class Refusal(_Params):
+    """A job the engine refused, in machine-readable form, stored with its failure.
+
+    A refused job ends FAILED, not DONE: nothing was made, so /jobs, the queue's counters and
+    the user's image count treat it as the failure it is, and the user reads the one-line
+    ``error_user``. The refusal itself (``jobs.refusal`` and ``jobs.faces_found``, migration
+    0003) is what adapters act on — never the English of the message. A numbered preview of the
+    faces found, when the engine drew one, is the failed job's result of kind PREVIEW, written
+    in the same transaction as the failure (storage.leases.fail) and shown on delivery.
+    ``SEVERAL_FACES`` carries how many faces were found: the job keeps its upload so that a
+    face button (1…``faces``) can re-run it (storage.jobs.enqueue ``input_from``).
+    """
+
+    code: RefusalCode
+    faces: int | None = Field(default=None, ge=0, le=10_000)
+
+    @model_validator(mode="after")
+    def _counted(self) -> Refusal:
+        if self.code is RefusalCode.SEVERAL_FACES and (self.faces is None or self.faces < 2):
+            raise ValueError("a several-faces refusal needs the number of faces found (≥ 2)")
+        return self
+
+    @property
+    def face_choice(self) -> int | None:
+        """The number of faces to choose from, for a several-faces refusal; else None."""
+        return self.faces if self.code is RefusalCode.SEVERAL_FACES else None
 
 
 class CropBox(_Params):

@@ -23,7 +23,7 @@ from storage import identities, jobs, results
 from storage.db import Database
 from storage.errors import NotFound
 from storage.records import IdentitySummary, JobRecord
-from storage.schemas import Delivery, FaceParams, JobState
+from storage.schemas import Delivery, FaceParams, JobState, ResultKind
 
 log = logging.getLogger(__name__)
 
@@ -140,17 +140,16 @@ class Deliverer:
         )
 
     async def build(self, job: JobRecord) -> Reply:
-        """The result reply of a finished job: images, grid and scores or the error, with the
-        worker's note (render.with_note); a job whose parameters cannot be read any more
-        (``params`` None) still gets its failure delivered."""
-        found = await results.list_results(self.db, job.owner_id, job.id)
-        identity, preview = None, None
-        if isinstance(job.params, FaceParams):
-            if job.state is JobState.DONE:
-                identity = await self._face(job.owner_id, job.params.name)
-            else:
-                preview = await results.get_preview(self.db, job.owner_id, job.id)
-        return render.result(job, found, identity=identity, preview=preview)
+        """The result reply of a finished job: images, grid and scores, or the error with a
+        refused job's preview, with the worker's note (render.with_note); a job whose
+        parameters cannot be read any more (``params`` None) still gets its failure delivered."""
+        failed = job.state is JobState.FAILED
+        kinds = (ResultKind.PREVIEW,) if failed else results.FINAL_KINDS
+        found = await results.list_results(self.db, job.owner_id, job.id, kinds=kinds)
+        identity = None
+        if isinstance(job.params, FaceParams) and job.state is JobState.DONE:
+            identity = await self._face(job.owner_id, job.params.name)
+        return render.result(job, found, identity=identity)
 
     async def _face(self, owner_id: int, name: str) -> IdentitySummary | None:
         try:

@@ -1,12 +1,13 @@
 """Replies about jobs: receipts, progress lines and finished results (pure functions).
 
 A finished job's note (the worker's summary: scores, quality notes) is the second line of its
-result reply, done or failed.
+result reply, done or failed. A refused job's reply shows its preview result (the faces found,
+numbered) and, for a several-faces refusal, one button per face: built from the job's stored
+:class:`~storage.schemas.Refusal`, never from the wording of its message.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 from bot.core import actions
@@ -14,8 +15,6 @@ from bot.core.messages import MAX_TEXT, Attachment, Button, ButtonStyle, Reply, 
 from storage.records import IdentitySummary, JobRecord, ResultRecord
 from storage.schemas import FaceMode, FaceParams, JobKind, JobState, ResultKind
 
-#: The engine's several-faces message starts "<N> faces found" (engine.faces_choice).
-_SEVERAL_FACES = re.compile(r"^(\d+) faces found")
 MAX_FACE_BUTTONS = 10
 MAX_VARY_BUTTONS = 10
 BAR = 10
@@ -58,13 +57,13 @@ def result(
     results: Sequence[ResultRecord],
     *,
     identity: IdentitySummary | None = None,
-    preview: bytes | None = None,
 ) -> Reply:
-    """The reply delivering a finished job: images and scores, or the reason it failed."""
+    """The reply delivering a finished job: images and scores, or the reason it failed (with
+    a refused job's preview among ``results``)."""
     if job.state is JobState.CANCELLED:
         return _reply(job, f"Job #{job.id} was cancelled.")
     if job.state is JobState.FAILED:
-        return _failed(job, preview)
+        return _failed(job, [r for r in results if r.kind is ResultKind.PREVIEW])
     if isinstance(job.params, FaceParams):
         return _face_done(job, job.params, results, identity)
     images = [r for r in results if r.kind is ResultKind.IMAGE]
@@ -100,24 +99,23 @@ def with_note(text: str, note: str | None) -> str:
 
 
 def faces_found(job: JobRecord) -> int | None:
-    """How many faces a face job refused for (several faces, none chosen); else None."""
-    if job.kind is not JobKind.FACE or job.state is not JobState.FAILED:
+    """How many faces a face job was refused for (several faces, none chosen); else None."""
+    if job.kind is not JobKind.FACE or job.state is not JobState.FAILED or job.refusal is None:
         return None
-    match = _SEVERAL_FACES.match(job.error_user or "")
-    return int(match.group(1)) if match else None
+    return job.refusal.face_choice
 
 
-def _failed(job: JobRecord, preview: bytes | None) -> Reply:
+def _failed(job: JobRecord, previews: Sequence[ResultRecord]) -> Reply:
     message = job.error_user or "the job failed."
     text = f"Job #{job.id} failed: {message}"
+    shown = previews if job.refusal is not None else ()  # not a failed job's progress preview
+    name, what = f"job{job.id}-faces.png", "the faces found, numbered"
+    files = [Attachment(name, r.png, what) for r in shown]
     found = faces_found(job)
     if found is None:
-        return _reply(job, text)
+        return _reply(job, text, files)
     count = min(found, MAX_FACE_BUTTONS)
     buttons = [Button(f"Face {n}", actions.face_choice(job.id, n)) for n in range(1, count + 1)]
-    if not preview:
-        return _reply(job, text, (), buttons)
-    files = [Attachment(f"job{job.id}-faces.png", preview, "the faces found, numbered")]
     return _reply(job, text, files, buttons)
 
 

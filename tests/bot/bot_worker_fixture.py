@@ -24,6 +24,8 @@ from storage.schemas import (
     FaceParams,
     GenerationSettings,
     ImagineParams,
+    Refusal,
+    RefusalCode,
     ResultKind,
 )
 
@@ -95,10 +97,7 @@ class FixtureWorker:
     async def _face(self, job: JobRecord, params: FaceParams) -> None:
         chosen = params.face_index is not None or params.crop is not None
         if self.faces_in_photo > 1 and not chosen:
-            n = self.faces_in_photo
-            await jobs.progress(self.db, job.id, self.worker_id, 2, 2, preview=png((9, 9, 9)))
-            message = f"{n} faces found; choose one with a face number (1–{n}, left to right)."
-            await jobs.fail(self.db, job.id, self.worker_id, message)
+            await self._several_faces(job)
             return
         await jobs.progress(self.db, job.id, self.worker_id, 2, 2)  # encoded, as the engine's 2/2
         face = IdentityWrite(
@@ -111,6 +110,17 @@ class FixtureWorker:
             )
         except StorageError as exc:  # e.g. the name was taken while the job waited
             await jobs.fail(self.db, job.id, self.worker_id, exc.user_message, repr(exc))
+
+    async def _several_faces(self, job: JobRecord) -> None:
+        """Refused as the engine refuses a group photo: a structured refusal with the count and
+        the numbered preview, written with the failure (the wording is only for the user)."""
+        n = self.faces_in_photo
+        await jobs.progress(self.db, job.id, self.worker_id, 2, 2)
+        refusal = Refusal(code=RefusalCode.SEVERAL_FACES, faces=n)
+        message = f"Group photo: {n} faces found; choose one with a face number or a crop box."
+        await jobs.fail(
+            self.db, job.id, self.worker_id, message, refusal=refusal, preview=png((9, 9, 9))
+        )
 
 
 def _prompts(params: ImagineParams | BatchParams | CompareParams) -> list[str]:

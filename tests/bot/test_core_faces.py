@@ -185,8 +185,8 @@ async def test_several_faces_offer_face_buttons(core: Core, alice: Caller) -> No
     receipt = await core.press(alice, button(reply, "Accept"))
     await group.drain()
     [failed] = (await deliver(core)).for_job(receipt.job_id or 0)
-    assert failed.text.startswith(f"Job #{receipt.job_id} failed: 3 faces found")
-    assert [b.label for b in failed.buttons] == ["Face 1", "Face 2", "Face 3"]
+    assert failed.text.startswith(f"Job #{receipt.job_id} failed: Group photo: 3 faces found")
+    assert [b.label for b in failed.buttons] == ["Face 1", "Face 2", "Face 3"]  # not from words
     assert failed.files[0].name == f"job{receipt.job_id}-faces.png"
 
     bob = Caller("console", "bob")

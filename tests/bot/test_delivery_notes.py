@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
-from bot_helpers import add_face, button, deliver, say
+from bot_helpers import add_face, button, deliver, photo, say
 from bot_worker_fixture import FixtureWorker
 from sqlalchemy import update
 
+from bot.core import actions
 from bot.core.app import Core
-from bot.core.messages import Caller, ReplyKind
+from bot.core.messages import Attachment, Caller, ReplyKind
 from bot.core.render import with_note
 from storage import jobs
 from storage.job_sql import JOBS
 from storage.records import ResultData
-from storage.schemas import JobState
+from storage.schemas import JobState, Refusal, RefusalCode
 
 TINY = "tiny preset: random test weights, the images are noise"
 
 
-async def _claim(core: Core, caller: Caller, command: str) -> int:
-    receipt = await say(core, caller, command)
+async def _claim(core: Core, caller: Caller, command: str, *uploads: Attachment) -> int:
+    receipt = await say(core, caller, command, uploads)
     assert receipt.kind is ReplyKind.RECEIPT, receipt.text
     job = await jobs.claim(core.db, "engine")
     assert job is not None and job.id == receipt.job_id
@@ -99,3 +100,27 @@ async def test_a_job_that_cannot_be_read_is_failed_delivered_and_refused_by_butt
     refused = await core.press(alice, button(done, "Re-roll"))
     assert refused.kind is ReplyKind.ERROR
     assert refused.text == "This request could not be read; please send it again."
+
+
+async def test_face_buttons_come_from_the_stored_refusal_not_the_words(
+    core: Core, worker: FixtureWorker, alice: Caller
+) -> None:
+    await add_face(core, worker, alice)
+    worded = await _claim(core, alice, "/face add two", photo())
+    words = "3 faces found; choose one with a face number."  # but no refusal stored with it
+    assert await jobs.fail(core.db, worded, "engine", words, preview=b"progress")
+    coded = await _claim(core, alice, "/face add three", photo())
+    several = Refusal(code=RefusalCode.SEVERAL_FACES, faces=2)
+    assert await jobs.fail(core.db, coded, "engine", "Zwei Gesichter.", refusal=several,
+                           preview=b"numbered")  # fmt: skip
+    inbox = await deliver(core)
+    [plain] = inbox.for_job(worded)
+    [offered] = inbox.for_job(coded)
+    assert (plain.buttons, plain.files) == ((), ())
+    assert [b.label for b in offered.buttons] == ["Face 1", "Face 2"]
+    assert [(f.name, f.data) for f in offered.files] == [(f"job{coded}-faces.png", b"numbered")]
+    chosen = await core.press(alice, button(offered, "Face 2"))
+    assert chosen.kind is ReplyKind.RECEIPT, chosen.text
+    assert (await core.press(alice, actions.face_choice(worded, 1))).text == (
+        "That face choice is no longer open"
+    )

@@ -35,6 +35,10 @@ from worker_helpers import (
 
 from engine import worker as worker_module
 from engine.codec import AI_TAG_KEY, embedding_from_bytes
+from engine.faces_choice import BadFaceIndexError, MultipleFacesError
+from engine.identity import FingerprintMismatch
+from engine.images import ImageError
+from engine.jobs_errors import JobRefused, describe, refusal_of
 from engine.jobs_exec import run_face
 from engine.presets import TINY_NOTICE, out_of_memory_message
 from storage import embeddings, identities, jobs, results
@@ -46,6 +50,8 @@ from storage.schemas import (
     ImagineParams,
     JobKind,
     JobState,
+    Refusal,
+    RefusalCode,
     ResultKind,
 )
 
@@ -164,29 +170,49 @@ async def test_a_face_name_taken_while_queued_fails_the_job_and_writes_nothing(d
 
 
 @pytest.mark.parametrize(
-    ("upload", "message"),
+    ("upload", "message", "code"),
     [
-        (lambda: _gray_png(), "No face found"),
-        (group_photo, "faces found; choose one"),
+        (lambda: _gray_png(), "No face found", RefusalCode.NO_FACE),
+        (group_photo, "faces found; choose one", RefusalCode.SEVERAL_FACES),
     ],
     ids=["no-face", "several-faces"],
 )
-async def test_face_refusal_fails_with_message_and_preview(db, engine, upload, message) -> None:
+async def test_face_refusal_fails_with_message_refusal_and_preview(
+    db, engine, upload, message, code
+) -> None:
+    """A refused face job ends FAILED with its message, a machine-readable refusal and, for
+    several faces, the numbered preview as its PREVIEW result and the upload kept."""
     owner = await make_user(db)
     queued = await jobs.enqueue(db, owner, FaceParams(name="me"), input_blob=upload())
     worker = await make_worker(db, engine)
     await worker.run()
-    failed = await job(db, queued.job_id)
+    failed = await jobs.get_job(db, queued.job_id, with_input=True)
     assert failed.state is JobState.FAILED and message in failed.error_user
     assert "\n" not in failed.error_user
     assert failed.note == engine.analyzer.quality_note  # which detector looked at the photo
-    preview = await results.get_preview(db, owner, queued.job_id)
-    if "several" in message or "faces found" in message:
-        assert preview is not None and png_size(preview) == (1024, 708)
+    assert failed.refusal is not None and failed.refusal.code is code
+    previews = await results.list_results(db, owner, queued.job_id, kinds=[ResultKind.PREVIEW])
+    if code is RefusalCode.SEVERAL_FACES:
+        count = int(failed.error_user.split()[0])
+        assert failed.refusal.face_choice == count >= 2 and failed.input_blob == upload()
+        assert [png_size(p.png) for p in previews] == [(1024, 708)]
     else:
-        assert preview is None
+        assert failed.refusal.faces is None and failed.input_blob is None and previews == []
     assert await identities.list_identities(db, owner) == []
     assert worker.endings == Counter(failed=1)
+
+
+def test_engine_errors_map_to_refusals() -> None:
+    several = JobRefused("6 faces found.", preview=b"png")
+    several.__cause__ = MultipleFacesError(6)
+    assert describe(several).refusal == Refusal(code=RefusalCode.SEVERAL_FACES, faces=6)
+    assert describe(several).preview == b"png"
+    assert refusal_of(BadFaceIndexError()) == Refusal(code=RefusalCode.BAD_FACE_INDEX)
+    assert refusal_of(ImageError("truncated")) == Refusal(code=RefusalCode.BAD_IMAGE)
+    assert describe(FingerprintMismatch("made by other weights")).refusal == Refusal(
+        code=RefusalCode.OTHER_WEIGHTS
+    )
+    assert refusal_of(RuntimeError("a bug")) is None and describe(KeyError("x")).refusal is None
 
 
 def _gray_png() -> bytes:

@@ -5,17 +5,28 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import text
 from storage_helpers import embedding_bytes, make_user, row_counts, snapshot
 
 from storage import identities, jobs, results, users
 from storage.db import Database, Limits
 from storage.errors import Banned, InvalidState, NameTaken, NotFound, QueueFull
 from storage.records import ResultData
-from storage.schemas import Delivery, FaceMode, FaceParams, ImagineParams, JobState
+from storage.schemas import (
+    Delivery,
+    FaceMode,
+    FaceParams,
+    ImagineParams,
+    JobState,
+    Refusal,
+    RefusalCode,
+    ResultKind,
+)
 
 DELIVERY = Delivery(platform="telegram", channel_id="-100", message_ref="7", extra={"a": "1"})
 PHOTO = b"\x89PNG group photo"
 SEVERAL = "3 faces found; choose one with a face number (1-3, left to right)."
+NO_FACE = Refusal(code=RefusalCode.NO_FACE)
 
 
 async def _owner_with_face(db: Database, uid: str = "1") -> tuple[int, int]:
@@ -32,14 +43,15 @@ async def _done_job(db: Database, owner: int, ident: int) -> int:
     return job.id
 
 
-async def _refused_face_job(db: Database, owner: int, *, preview: bool = True) -> int:
-    """A face job the worker refused: several faces (a numbered preview first), or no preview."""
+async def _refused_face_job(db: Database, owner: int, *, several: bool = True) -> int:
+    """A face job the worker refused: several faces (with a numbered preview), or no face."""
     queued = await jobs.enqueue(db, owner, FaceParams(name="group"), input_blob=PHOTO)
     job = await jobs.claim(db, "w")
     assert job is not None and job.id == queued.job_id
-    if preview:
-        await jobs.progress(db, job.id, "w", 0, 0, preview=b"numbered faces")
-    assert await jobs.fail(db, job.id, "w", SEVERAL if preview else "No face found.")
+    refusal = Refusal(code=RefusalCode.SEVERAL_FACES, faces=3) if several else NO_FACE
+    preview = b"numbered faces" if several else None
+    message = SEVERAL if several else "No face found."
+    assert await jobs.fail(db, job.id, "w", message, refusal=refusal, preview=preview)
     return job.id
 
 
@@ -124,13 +136,55 @@ async def test_several_faces_keep_the_upload_until_the_choice_moves_it(db: Datab
         await jobs.enqueue(db, owner, chosen, input_from=refused)
 
 
+async def test_the_refusal_and_its_preview_are_written_with_the_failure(db: Database) -> None:
+    owner = (await make_user(db)).id
+    refused = await jobs.get_job(db, await _refused_face_job(db, owner))
+    assert refused.refusal == Refusal(code=RefusalCode.SEVERAL_FACES, faces=3)
+    assert refused.refusal.face_choice == 3 and refused.error_user == SEVERAL
+    [preview] = await results.list_results(db, owner, refused.id, kinds=[ResultKind.PREVIEW])
+    assert (preview.kind, preview.png) == (ResultKind.PREVIEW, b"numbered faces")
+    assert await results.list_results(db, owner, refused.id) == []  # no final image
+    none = await jobs.get_job(db, await _refused_face_job(db, owner, several=False))
+    assert none.refusal == NO_FACE and none.refusal.face_choice is None
+
+
 async def test_other_failures_drop_the_upload(db: Database) -> None:
     owner = (await make_user(db)).id
-    await _refused_face_job(db, owner)  # another job's preview does not count
-    refused = await _refused_face_job(db, owner, preview=False)
+    await _refused_face_job(db, owner)  # another job's refusal does not count
+    refused = await _refused_face_job(db, owner, several=False)
     assert (await jobs.get_job(db, refused, with_input=True)).input_blob is None
     with pytest.raises(NotFound):
         await jobs.enqueue(db, owner, FaceParams(name="group"), input_from=refused)
+    queued = await jobs.enqueue(db, owner, FaceParams(name="again"), input_blob=PHOTO)
+    job = await jobs.claim(db, "w")
+    assert job is not None and job.id == queued.job_id
+    await jobs.progress(db, job.id, "w", 1, 2, preview=b"a progress preview")
+    assert await jobs.fail(db, job.id, "w", "3 faces found, said in words only.")
+    failed = await jobs.get_job(db, job.id, with_input=True)  # only the refusal keeps it
+    assert failed.refusal is None and failed.input_blob is None
+
+
+async def test_a_refusal_needs_its_count_and_a_lost_lease_writes_none(db: Database) -> None:
+    with pytest.raises(ValueError, match="number of faces"):
+        Refusal(code=RefusalCode.SEVERAL_FACES)
+    owner = (await make_user(db)).id
+    queued = await jobs.enqueue(db, owner, FaceParams(name="group"), input_blob=PHOTO)
+    assert await jobs.claim(db, "w") is not None
+    before = await snapshot(db)
+    several = Refusal(code=RefusalCode.SEVERAL_FACES, faces=2)
+    assert not await jobs.fail(db, queued.job_id, "intruder", SEVERAL, refusal=several,
+                               preview=b"x")  # fmt: skip
+    assert await snapshot(db) == before
+
+
+async def test_a_refusal_code_of_a_newer_version_reads_as_none(db: Database) -> None:
+    owner = (await make_user(db)).id
+    refused = await _refused_face_job(db, owner, several=False)
+    async with db.transaction() as s:
+        await s.execute(text("UPDATE jobs SET refusal = 'from_the_future' WHERE id = :i"),
+                        {"i": refused})  # fmt: skip
+    job = await jobs.get_job(db, refused)
+    assert job.refusal is None and job.state is JobState.FAILED
 
 
 async def test_a_kept_upload_is_the_owners_only(db: Database) -> None:

@@ -19,7 +19,7 @@ from storage.db import Database, check_schema, current_revision, head_revision, 
 from storage.errors import SchemaError
 from storage.jobs import get_job
 from storage.models import Base
-from storage.schemas import JobState
+from storage.schemas import JobState, Refusal, RefusalCode
 
 TABLES = {"users", "identities", "jobs", "results", "workers", "alembic_version"}
 
@@ -178,30 +178,65 @@ async def test_upgrade_from_0001_keeps_jobs_and_adds_the_note(empty_url: str) ->
     db = await Database.open(empty_url)
     try:
         job = await get_job(db, 7, owner_id=1)
-        assert (job.state, job.error_user, job.note) == (JobState.FAILED, "boom", None)
+        assert (job.state, job.error_user, job.note, job.refusal) == (
+            JobState.FAILED, "boom", None, None,
+        )  # fmt: skip
         assert job.params is not None and job.params.kind == "imagine"
         async with db.transaction() as s:
             await s.execute(text("UPDATE jobs SET note = 'kept' WHERE id = 7"))
-        assert (await get_job(db, 7)).note == "kept"
+            await s.execute(text("UPDATE jobs SET refusal = 'several_faces', faces_found = 4"))
+        again = await get_job(db, 7)
+        assert again.note == "kept"
+        assert again.refusal == Refusal(code=RefusalCode.SEVERAL_FACES, faces=4)
     finally:
         await db.close()
 
 
-async def test_downgrade_to_0001_drops_only_the_note(empty_url: str) -> None:
+async def test_upgrade_from_0002_adds_the_refusal(empty_url: str) -> None:
+    await upgrade(empty_url, "0002")
+    await _insert_0001_rows(empty_url)
+    assert "refusal" not in await _job_columns(empty_url)
+    assert await upgrade(empty_url) == head_revision() == "0003"
+    assert {"note", "refusal", "faces_found"} <= await _job_columns(empty_url)
+    db = await Database.open(empty_url)
+    try:
+        assert (await get_job(db, 7)).refusal is None
+    finally:
+        await db.close()
+
+
+async def _job_columns(url: str) -> set[str]:
+    engine = storage_db.create_engine(url)
+    try:
+        async with engine.connect() as conn:
+            columns = await conn.run_sync(lambda c: inspect(c).get_columns("jobs"))
+    finally:
+        await engine.dispose()
+    return {c["name"] for c in columns}
+
+
+@pytest.mark.parametrize(
+    ("revision", "gone"), [("0002", {"refusal", "faces_found"}), ("0001", {"note", "refusal"})]
+)
+async def test_downgrade_drops_only_the_later_columns(
+    empty_url: str, revision: str, gone: set[str]
+) -> None:
     await upgrade(empty_url, "0001")
     await _insert_0001_rows(empty_url)
     await upgrade(empty_url)
+    before = await _job_columns(empty_url)
     engine = storage_db.create_engine(empty_url)
     try:
         async with engine.begin() as conn:
-            await conn.run_sync(_downgrade, empty_url, "0001")
-        assert await current_revision(empty_url) == "0001"
+            await conn.run_sync(_downgrade, empty_url, revision)
+        assert await current_revision(empty_url) == revision
         async with engine.connect() as conn:
-            columns = await conn.run_sync(lambda c: inspect(c).get_columns("jobs"))
             count = await conn.scalar(text("SELECT count(*) FROM jobs"))
     finally:
         await engine.dispose()
-    assert "note" not in {c["name"] for c in columns} and count == 1
+    after = await _job_columns(empty_url)
+    assert not gone & after and before - after >= gone and count == 1
+    assert before - after <= {"note", "refusal", "faces_found"}
 
 
 def _downgrade(sync_conn: object, url: str, revision: str) -> None:
