@@ -14,7 +14,7 @@ from bot.core.base import CoreBase, command, yes_no
 from bot.core.errors import BadInput, LimitReached, NotFound
 from bot.core.messages import Attachment, Caller, Reply
 from bot.core.texts import consent_text
-from bot.core.uploads import check_crop, check_size, sniff_image
+from bot.core.uploads import ImageInfo, check_crop, check_size, first_frame_note, sniff_image
 from storage import identities, jobs, users, workers
 from storage.records import IdentitySummary, UserRecord
 from storage.schemas import CropBox, FaceMode, FaceParams, JobKind
@@ -41,13 +41,13 @@ class FaceCommands(CoreBase):
     ) -> Reply:
         """Queue a face job saving the face in ``image`` as ``name`` (asks consent first)."""
         user = await self._user(caller)
-        params = self._face_params(FaceMode.ADD, name, image, crop, face, make_default)
+        params, info = self._face_params(FaceMode.ADD, name, image, crop, face, make_default)
         faces = await identities.list_identities(self.db, user.id)
         if any(f.name.lower() == name.lower() for f in faces):
             raise BadInput(f"You already have a face named '{name}'; /face more adds photos.")
         if len(faces) >= (most := self.limits.max_identities_per_user):
             raise LimitReached(f"You can save at most {most} faces; delete one first.")
-        return await self._with_consent(caller, user, params, image.data)
+        return first_frame_note(await self._with_consent(caller, user, params, image.data), info)
 
     @command
     async def face_more(
@@ -61,9 +61,9 @@ class FaceCommands(CoreBase):
     ) -> Reply:
         """Queue a face job adding another reference photo to face ``name``."""
         user = await self._user(caller)
-        params = self._face_params(FaceMode.MORE, name, image, crop, face, False)
+        params, info = self._face_params(FaceMode.MORE, name, image, crop, face, False)
         await identities.get_identity(self.db, user.id, params.name)
-        return await self._with_consent(caller, user, params, image.data)
+        return first_frame_note(await self._with_consent(caller, user, params, image.data), info)
 
     def _face_params(
         self,
@@ -73,7 +73,8 @@ class FaceCommands(CoreBase):
         crop: str | CropBox | None,
         face: int | None,
         make_default: bool,
-    ) -> FaceParams:
+    ) -> tuple[FaceParams, ImageInfo]:
+        """The face job's parameters, and what the upload's header says."""
         parsing.check_name(name)
         if crop is not None and face is not None:
             raise BadInput("give a crop box or a face number, not both")
@@ -81,9 +82,10 @@ class FaceCommands(CoreBase):
         box = parsing.parse_crop(crop) if isinstance(crop, str) else crop
         if box is not None:
             check_crop(box, info, crop if isinstance(crop, str) else "box")
-        return FaceParams(
+        params = FaceParams(
             mode=mode, name=name, crop=box, face_index=face, make_default=make_default
         )
+        return params, info
 
     async def _with_consent(
         self, caller: Caller, user: UserRecord, params: FaceParams, data: bytes

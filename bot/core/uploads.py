@@ -2,19 +2,20 @@
 
 The engine decodes and validates fully; this refuses what is plainly wrong at once, with a
 clear message, so nothing invalid reaches the queue: empty or huge files, non-images,
-decompression bombs, animations, crop boxes outside the picture.
+decompression bombs, crop boxes outside the picture. Animated images pass: the engine uses
+their first frame (engine.images), and the receipt says so.
 """
 
 from __future__ import annotations
 
 import io
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from PIL import Image
 
 from bot.core.errors import BadInput
-from bot.core.messages import Attachment
+from bot.core.messages import Attachment, Reply
 from storage.schemas import CropBox
 
 #: The formats the engine decodes (engine/images.py ALLOWED_FORMATS).
@@ -22,15 +23,18 @@ IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 #: The engine's decoding cap; larger pictures are refused before they are queued.
 MAX_IMAGE_PIXELS = 40_000_000
 _ROTATED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+FIRST_FRAME = "The image is animated: its first frame is used."
 
 
 @dataclass(frozen=True)
 class ImageInfo:
-    """What the header says: format and size as displayed (EXIF rotation applied)."""
+    """What the header says: format and size as displayed (EXIF rotation applied), and
+    whether it is animated (the engine then uses the first frame)."""
 
     format: str
     width: int
     height: int
+    animated: bool = False
 
 
 def check_size(upload: Attachment, max_bytes: int, what: str = "file") -> None:
@@ -71,11 +75,10 @@ def _info(upload: Attachment, img: Image.Image) -> ImageInfo:
             f"{upload.name!r} has {width * height / 1e6:.0f} megapixels; "
             f"the limit is {MAX_IMAGE_PIXELS / 1e6:.0f}"
         )
-    if getattr(img, "is_animated", False):
-        raise BadInput(f"{upload.name!r} is animated; send a still photo")
+    animated = bool(getattr(img, "is_animated", False))
     if img.getexif().get(0x0112) in _ROTATED:
         width, height = height, width
-    return ImageInfo(format=str(img.format), width=width, height=height)
+    return ImageInfo(format=str(img.format), width=width, height=height, animated=animated)
 
 
 def check_crop(crop: CropBox, info: ImageInfo, text: str) -> None:
@@ -84,3 +87,11 @@ def check_crop(crop: CropBox, info: ImageInfo, text: str) -> None:
         return
     if crop.x + crop.w > info.width or crop.y + crop.h > info.height:
         raise BadInput(f"crop {text} reaches outside the {info.width}×{info.height} image")
+
+
+def first_frame_note(reply: Reply, info: ImageInfo) -> Reply:
+    """``reply`` (a receipt, or the consent request) saying that an animation's first frame is
+    used; unchanged for still images and errors."""
+    if not info.animated or reply.is_error:
+        return reply
+    return replace(reply, text=f"{reply.text}\n{FIRST_FRAME}")

@@ -12,6 +12,7 @@ from PIL import Image
 from bot.core import actions
 from bot.core.app import Core
 from bot.core.messages import Attachment, Caller, ReplyKind
+from bot.core.uploads import FIRST_FRAME
 from storage import identities, jobs, users, workers
 from storage.config import Settings
 from storage.schemas import FaceMode, FaceParams, JobState
@@ -75,6 +76,11 @@ def _gif(frames: int) -> bytes:
     return buf.getvalue()
 
 
+def _huge(gif: bytes) -> bytes:
+    """The GIF claiming an 8000×8000 screen in its header (a decompression bomb's shape)."""
+    return gif[:6] + (8000).to_bytes(2, "little") * 2 + gif[10:]
+
+
 @pytest.mark.parametrize(
     ("text", "upload", "error"),
     [
@@ -84,7 +90,6 @@ def _gif(frames: int) -> bytes:
         ("/face add me", None, "attach a photo"),
         ("/face add me", Attachment("notes.txt", b"hello"), "'notes.txt' is not an image"),
         ("/face add me", Attachment("empty.png", b""), "the photo 'empty.png' is empty"),
-        ("/face add me", Attachment("anim.gif", _gif(3)), "'anim.gif' is animated"),
         ("/face add me crop 400,400,200,200", photo(), "reaches outside the 512×512 image"),
         ("/face add me crop 1,2,3", photo(), "expected four numbers"),
         ("/face add me crop 0,0,9,9 face 1", photo(), "a crop box or a face number, not both"),
@@ -98,6 +103,26 @@ async def test_face_add_errors(
 ) -> None:
     reply = await say(core, alice, text, [upload] if upload else [])
     assert reply.is_error and error.lower() in reply.text.lower(), reply.text
+
+
+async def test_animated_images_are_queued_and_the_receipt_says_the_first_frame_is_used(
+    core: Core, worker: FixtureWorker, alice: Caller
+) -> None:
+    ask = await say(core, alice, "/face add anim", [Attachment("anim.gif", _gif(3))])
+    assert ask.text.endswith("\n" + FIRST_FRAME) and button(ask, "Accept")
+    await core.press(alice, button(ask, "Accept"))
+    await worker.drain()
+    animation = Attachment("wave.gif", _gif(4))
+    receipt = await say(core, alice, "/face more anim", [animation])
+    assert receipt.kind is ReplyKind.RECEIPT, receipt.text
+    assert receipt.text.splitlines()[1:] == [FIRST_FRAME]
+    queued = await jobs.get_job(core.db, receipt.job_id or 0, with_input=True)
+    assert queued.input_blob == animation.data  # the engine decodes its first frame
+    still = await say(core, alice, "/face add still", [photo()])
+    assert still.kind is ReplyKind.RECEIPT and FIRST_FRAME not in still.text
+    bomb = Attachment("bomb.gif", _huge(_gif(2)))
+    refused = await say(core, alice, "/face add big", [bomb])
+    assert refused.is_error and "megapixels" in refused.text
 
 
 async def test_upload_size_limit(core: Core, alice: Caller) -> None:
