@@ -42,8 +42,11 @@ Replies
 ``Reply(text, files=(), buttons=(), ephemeral=False, kind=MESSAGE, job_id=None,
 remove_source=False)``:
 
-* ``files``: ``Attachment(name, data, description)`` — PNG images, ``.safetensors`` exports.
-  A batch can carry more files than one platform message allows (Discord: 10); split them.
+* ``files``: ``Attachment(name, data, description, generated=False)`` — PNG images,
+  ``.safetensors`` exports. A batch can carry more files than one platform message allows
+  (Discord: 10); split them. ``generated`` marks a model-made image: its PNG carries the
+  "AI-generated" tag; where the platform re-encodes images (Telegram photos), say it in the
+  caption.
 * ``buttons``: ``Button(label, action_id, style)`` in display order (lay out at most five
   per row). When pressed, call ``core.press(presser, action_id)`` and send its reply.
 * ``ephemeral``: show only to the caller where the platform can (Discord); else send normally.

@@ -44,11 +44,17 @@ class Caller:
 
 @dataclass(frozen=True)
 class Attachment:
-    """A file in either direction: an upload from a user or an image/file in a reply."""
+    """A file in either direction: an upload from a user or an image/file in a reply.
+
+    ``generated``: a model-made image (a result or a compare grid). Its PNG carries the
+    "AI-generated" metadata tag; an adapter whose platform re-encodes images (Telegram photos)
+    shows the mark in the caption instead.
+    """
 
     name: str
     data: bytes = field(repr=False)
     description: str = ""
+    generated: bool = False
 
     @property
     def mime(self) -> str:

@@ -194,5 +194,7 @@ def _short(text: str, n: int = 80) -> str:
 
 
 def _image_file(job: JobRecord, r: ResultRecord) -> Attachment:
+    """A result as a file; generated unless it is a face job's thumbnail (a crop of a photo)."""
     tag = "grid" if r.kind is ResultKind.GRID else str(r.index + 1)
-    return Attachment(f"job{job.id}-{tag}.png", r.png, _short(r.prompt or "", 200))
+    generated = job.kind is not JobKind.FACE and r.kind is not ResultKind.PREVIEW
+    return Attachment(f"job{job.id}-{tag}.png", r.png, _short(r.prompt or "", 200), generated)

@@ -6,6 +6,9 @@ and the keyboard; its Delete button lists the album's messages. A receipt's chat
 are stored with its job (``core.remember_receipt``, ``extra["receipt"] = "<chat>:<message>"``),
 so progress edits that one message and the result's arrival closes it, after a restart too.
 A chat that is gone or blocked the bot makes the job :class:`Undeliverable` (not retried).
+
+Telegram re-encodes photos, which drops the PNG's "AI-generated" metadata tag, so every
+generated image (``Attachment.generated``) carries a visible :data:`AI_MARK` line in its caption.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ CAPTION_LIMIT = 1024
 ALBUM_MAX = 10
 PHOTO_MAX_BYTES = 10 * 1024 * 1024
 PHOTO_MIMES = ("image/png", "image/jpeg", "image/webp")
+#: The last caption line of a generated image (the photo itself loses its metadata tag).
+AI_MARK = "AI-generated image"
 #: The key of the receipt's ``"<chat id>:<message id>"`` in a job's ``Delivery.extra``.
 RECEIPT_KEY = "receipt"
 
@@ -82,6 +87,19 @@ def fit(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def caption(text: str, file: Attachment) -> str | None:
+    """A file's caption: ``text`` cut to the limit, then the AI mark for a generated image."""
+    mark = f"\n{AI_MARK}" if file.generated else ""
+    body = fit(text, CAPTION_LIMIT - len(mark)) if text.strip() else ""
+    return (body + mark).strip() or None
+
+
+def fits_caption(text: str, file: Attachment) -> bool:
+    """Whether ``text`` fits as the file's caption whole, with the mark it needs."""
+    mark = f"\n{AI_MARK}" if file.generated else ""
+    return len(text.strip() + mark) <= CAPTION_LIMIT
+
+
 def is_photo(file: Attachment) -> bool:
     """Whether Telegram accepts the file as a photo (else it goes as a document)."""
     if file.mime not in PHOTO_MIMES or len(file.data) > PHOTO_MAX_BYTES:
@@ -125,7 +143,7 @@ class Sender:
         """Send a reply; returns the messages sent (a receipt is remembered)."""
         if not reply.files:
             sent = [await self._text(target, reply.text, self._markup(target, reply))]
-        elif len(reply.files) == 1 and len(reply.text) <= CAPTION_LIMIT:
+        elif len(reply.files) == 1 and fits_caption(reply.text, reply.files[0]):
             markup = self._markup(target, reply)
             sent = [await self._file(target, reply.files[0], reply.text, markup)]
         else:
@@ -158,17 +176,17 @@ class Sender:
         self,
         target: Target,
         file: Attachment,
-        caption: str,
+        text: str,
         markup: InlineKeyboardMarkup | None = None,
     ) -> Message:
-        text = fit(caption, CAPTION_LIMIT) if caption.strip() else None
+        shown = caption(text, file)
         if is_photo(file):
             return await self.bot.send_photo(
-                target.chat_id, file.data, caption=text, filename=file.name, reply_markup=markup,
+                target.chat_id, file.data, caption=shown, filename=file.name, reply_markup=markup,
                 reply_parameters=target.reply, message_thread_id=target.thread_id,
             )  # fmt: skip
         return await self.bot.send_document(
-            target.chat_id, file.data, caption=text, filename=file.name, reply_markup=markup,
+            target.chat_id, file.data, caption=shown, filename=file.name, reply_markup=markup,
             reply_parameters=target.reply, message_thread_id=target.thread_id,
         )  # fmt: skip
 
@@ -180,7 +198,10 @@ class Sender:
             if size == 1:
                 sent.append(await self._file(target, group[0], group[0].description))
                 continue
-            media = [InputMediaPhoto(f.data, caption=_caption(f), filename=f.name) for f in group]
+            media = [
+                InputMediaPhoto(f.data, caption=caption(f.description, f), filename=f.name)
+                for f in group
+            ]
             sent += await self.bot.send_media_group(
                 target.chat_id, media, reply_parameters=target.reply,
                 message_thread_id=target.thread_id,
@@ -260,7 +281,3 @@ class Sender:
             if "not modified" not in exc.message and "not found" not in exc.message:
                 raise
             log.debug("receipt %s not edited: %s", where, exc.message)
-
-
-def _caption(file: Attachment) -> str | None:
-    return fit(file.description, CAPTION_LIMIT) if file.description.strip() else None

@@ -22,6 +22,7 @@ from test_telegram_harness import alice as alice
 from test_telegram_harness import server as server
 
 from bot.core.app import Core
+from bot.telegram.replies import AI_MARK
 from storage import jobs, users
 from storage.config import Settings
 from storage.errors import NotFound
@@ -136,6 +137,7 @@ async def test_face_choice_buttons_under_the_numbered_preview(
         await group_worker.drain()
         preview = await server.wait_for("sendPhoto")
         assert "3 faces found" in preview.params["caption"]
+        assert AI_MARK not in preview.params["caption"]  # the user's own photo, numbered
         assert [b["text"] for b in preview.params["reply_markup"]["inline_keyboard"][0]] == [
             "Face 1", "Face 2", "Face 3",
         ]  # fmt: skip

@@ -17,6 +17,7 @@ from test_telegram_harness import alice as alice
 from test_telegram_harness import server as server
 
 from bot.core.app import Core
+from bot.telegram.replies import AI_MARK
 from storage import jobs
 from storage.config import Settings
 from storage.records import ResultData
@@ -47,6 +48,7 @@ async def test_one_image_is_one_photo_with_its_buttons(
     assert photo.params["reply_parameters"]["message_id"] == command["message_id"]
     assert photo.files["photo"].startswith(b"\x89PNG")
     assert photo.params["caption"].startswith("Job #") and "seed 5" in photo.params["caption"]
+    assert photo.params["caption"].endswith(f"\n{AI_MARK}")  # the photo loses its PNG tag
     assert labels(photo) == ["Re-roll", "Vary", "Use seed", "Delete"]
     assert all(len(d.encode()) <= 64 for d in photo.markup_data())
     assert closed.params["message_id"] == receipt.result["message_id"]
@@ -65,7 +67,9 @@ async def test_a_batch_is_an_album_then_a_keyboard_message(
         keyboard = await server.wait_for("sendMessage", lambda c: "reply_markup" in c.params
                                          and "done" in c.params["text"])  # fmt: skip
     assert [m["type"] for m in album.params["media"]] == ["photo"] * 3
-    assert [m["caption"] for m in album.params["media"]] == ["a knight", "a pirate", "a chef"]
+    assert [m["caption"] for m in album.params["media"]] == [
+        f"{prompt}\n{AI_MARK}" for prompt in ("a knight", "a pirate", "a chef")
+    ]
     assert len(album.files) == 3
     assert album.params["reply_parameters"]["message_id"] == command["message_id"]
     first = album.result[0]["message_id"]
@@ -102,6 +106,7 @@ async def test_compare_answers_with_one_scored_grid(
         await worker.drain()
         grid = await server.wait_for("sendPhoto")
     assert "likeness" in grid.params["caption"] and "Mean likeness" in grid.params["caption"]
+    assert grid.params["caption"].endswith(AI_MARK)
     assert labels(grid) == ["Re-roll", "Delete"]
     assert server.calls_to("sendMediaGroup") == []
 

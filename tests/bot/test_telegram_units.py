@@ -14,7 +14,16 @@ from bot.core.errors import BadInput
 from bot.core.messages import Attachment, Button, ButtonStyle, Reply, ReplyKind, error_reply
 from bot.telegram import keyboards, presses
 from bot.telegram.handlers import addressed_to_me, telegram_admins
-from bot.telegram.replies import Target, albums, fit, is_photo
+from bot.telegram.replies import (
+    AI_MARK,
+    CAPTION_LIMIT,
+    Target,
+    albums,
+    caption,
+    fit,
+    fits_caption,
+    is_photo,
+)
 from bot.telegram.uploads import (
     TELEGRAM_DOWNLOAD_CAP,
     Need,
@@ -91,6 +100,18 @@ def test_photos_telegram_would_refuse_go_as_documents() -> None:
 def test_fit_never_empty_and_within_the_limit() -> None:
     assert fit("", 10) == "…"
     assert fit("x" * 20, 10) == "x" * 9 + "…"
+
+
+def test_generated_images_carry_the_ai_mark_in_every_caption() -> None:
+    made = Attachment("job1-1.png", b"png", "a chef", generated=True)
+    crop = Attachment("job2-1.png", b"png", "")  # a face thumbnail: a crop of a photo
+    assert caption("Job #1 done: “a chef”", made) == f"Job #1 done: “a chef”\n{AI_MARK}"
+    assert caption("", made) == AI_MARK and caption(" ", crop) is None
+    assert caption("Saved face 'me'.", crop) == "Saved face 'me'."
+    long = caption("x" * 2000, made)
+    assert long is not None and len(long) == CAPTION_LIMIT and long.endswith("…\n" + AI_MARK)
+    assert fits_caption("y" * (CAPTION_LIMIT - 1), crop)
+    assert not fits_caption("y" * (CAPTION_LIMIT - 1), made)  # then the text goes on its own
 
 
 def test_delivery_reference_round_trips_message_and_topic() -> None:

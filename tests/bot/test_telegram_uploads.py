@@ -23,6 +23,7 @@ from test_telegram_harness import alice as alice
 from test_telegram_harness import server as server
 
 from bot.core.app import Core
+from bot.telegram.replies import AI_MARK
 from bot.telegram.uploads import TIP
 from storage import identities, jobs
 from storage.config import Settings
@@ -52,6 +53,7 @@ async def test_photo_caption_asks_consent_then_saves_the_face(
         result = await server.wait_for("sendPhoto")
         closed = await server.wait_for("editMessageText", lambda c: "reply_markup" not in c.params)
     assert "Saved face 'me'" in result.params["caption"]
+    assert AI_MARK not in result.params["caption"]  # the thumbnail is a crop of the photo
     assert result.params["reply_parameters"]["message_id"] == sent["message_id"]
     assert closed.params["text"].startswith("Job #") and "Saved face" in closed.params["text"]
     assert [f.name for f in await identities.list_identities(core.db, 1)] == ["me"]
