@@ -63,10 +63,12 @@ def _split_eq(word: str) -> list[str]:
 
 
 def split_face_first(text: str) -> tuple[str | None, str]:
-    """``/batch``/``/compare`` text → (face name on a line of its own, prompts text).
+    """``/batch``/``/compare`` text → (a face name candidate, the prompts text after it).
 
-    The face is the first line when that line is one word and prompts follow on later lines,
-    or the whole text when it is a single word.
+    The candidate is the first line when that line is one word and prompts follow on later
+    lines, or the whole text when it is a single word. It is only a candidate: the dispatcher
+    takes it as the face when it names one of the caller's saved faces, and as a prompt
+    otherwise (``--face NAME`` always names the face).
     """
     lines = text.strip().split("\n")
     first = lines[0].strip()
@@ -150,12 +152,19 @@ class Dispatcher:
         )
 
     async def _batch(self, caller: Caller, rest: str, files: _Files) -> Reply:
-        face, prompts = split_face_first(rest)
+        face, prompts = await self._face_first(caller, rest)
         return await self.core.batch(caller, prompts, face=face)
 
     async def _compare(self, caller: Caller, rest: str, files: _Files) -> Reply:
-        face, prompts = split_face_first(rest)
+        face, prompts = await self._face_first(caller, rest)
         return await self.core.compare(caller, prompts, face=face)
+
+    async def _face_first(self, caller: Caller, text: str) -> tuple[str | None, str]:
+        """The first line as the face when it names one of the caller's faces, else a prompt."""
+        name, after = split_face_first(text)
+        if name is None or not await self.core.has_face(caller, name):
+            return None, text
+        return name, after
 
 
 @dataclass(frozen=True)

@@ -139,6 +139,15 @@ class FaceCommands(CoreBase):
         )
         return hits[: max(limit, 0)]
 
+    async def has_face(self, caller: Caller, name: str) -> bool:
+        """Whether the caller has a saved face ``name`` (ignoring case). Read-only: an unknown
+        caller has none and no user is created."""
+        user = await users.find_user(self.db, caller.platform, caller.user_id)
+        if user is None:
+            return False
+        faces = await identities.list_identities(self.db, user.id)
+        return any(f.name.lower() == name.lower() for f in faces)
+
     @command
     async def face_list(self, caller: Caller) -> Reply:
         """The caller's saved faces."""

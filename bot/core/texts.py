@@ -21,6 +21,7 @@ Commands:
 /imagine PROMPT [--face NAME] [--ar 3:4 --seed 7 …] — one image of your face
 /batch [NAME] PROMPTS — one image per line (at most {max_batch})
 /compare [NAME] [PROMPTS] — your face across prompts, one grid with identity scores
+  (NAME: a first line naming one of your saved faces, or --face NAME; else your default)
 /jobs — your queue · /cancel ID · /settings [--flags] · /forget · /help TOPIC
 Topics: face, imagine, params, batch, compare, settings, forget"""
 
@@ -50,11 +51,15 @@ Use seed (make its seed your default), Delete (the job and its images; yours onl
 --face NAME  which saved face to use""",
     "batch": """\
 /batch [NAME] — then one prompt per line (or prompts separated by |), at most {max_batch}.
+The first line is the face only when it is the name of one of your saved faces (or write
+--face NAME); otherwise it is a prompt too, and your default face is used.
 The face is encoded once; parameters (--ar, --steps…) apply to every prompt.""",
     "compare": """\
 /compare [NAME] — your face across a built-in set of diverse prompts; or give your own
-prompts on the following lines (at most {max_compare}). The answer is one grid: the reference
-face, every image, and its identity score (cosine similarity of face embeddings).""",
+prompts on the following lines (at most {max_compare}). NAME is the face only when it is one
+of your saved faces (or write --face NAME); otherwise it is a prompt and your default is used.
+The answer is one grid: the reference face, every image, and its identity score (cosine
+similarity of face embeddings).""",
     "settings": """\
 /settings — show your defaults. /settings --ar 3:4 --steps 20 --id 1.2 — save defaults.
 /settings --seed random — unpin the seed. /settings reset — back to the host's defaults.""",

@@ -13,7 +13,7 @@ from bot.core.app import Core
 from bot.core.buttons import VARY_SPAN, nearby_seed
 from bot.core.messages import Caller, Reply, ReplyKind
 from bot.core.moderation import Moderation
-from storage import jobs, users
+from storage import identities, jobs, users
 from storage.config import ModerationSettings
 from storage.schemas import BatchParams, CompareParams, ImagineParams, JobState
 
@@ -113,6 +113,33 @@ async def test_batch_forms_and_results(core: Core, worker: FixtureWorker, alice:
     assert [f.name for f in batch.files] == [f"job{batch.job_id}-{i}.png" for i in (1, 2, 3)]
     assert [b.label for b in batch.buttons] == ["Re-roll", "Vary 1", "Vary 2", "Vary 3", "Delete"]
     assert batch.text.splitlines()[1].startswith("1. “a chef” · seed ")
+
+
+async def test_a_first_line_is_the_face_only_when_it_names_a_saved_one(
+    core: Core, worker: FixtureWorker, alice: Caller, bob: Caller
+) -> None:
+    await add_face(core, worker, alice, "me")
+    await add_face(core, worker, alice, "Twin")
+    await add_face(core, worker, bob, "selfie")  # another user's face names nothing for alice
+    owner = await users.find_user(core.db, alice.platform, alice.user_id)
+    assert owner is not None
+    default = await identities.get_identity(core.db, owner.id, "me")
+    twin = await identities.get_identity(core.db, owner.id, "twin")
+    cases = {
+        "/batch\nselfie\na chef in Paris": (default.id, ["selfie", "a chef in Paris"]),
+        "/batch twin\na chef\na pilot": (twin.id, ["a chef", "a pilot"]),
+        "/batch --face TWIN\na chef\na pilot": (twin.id, ["a chef", "a pilot"]),
+        "/compare portrait": (default.id, ["portrait"]),
+        "/compare twin": (twin.id, []),
+        "/compare --face twin\nsunset\nrain": (twin.id, ["sunset", "rain"]),
+    }
+    for text, (identity_id, prompts) in cases.items():
+        params = await _params(core, await say(core, alice, text))
+        assert isinstance(params, BatchParams | CompareParams), text
+        assert (params.identity_id, params.prompts) == (identity_id, prompts), text
+        await worker.drain()  # under the queue cap
+    named = await say(core, alice, "/batch --face selfie\na chef")
+    assert named.is_error and "no face named 'selfie'" in named.text
 
 
 async def test_compare_default_set_and_grid(
