@@ -5,6 +5,9 @@ go as albums of 2–10 (more are split into even albums), followed by one messag
 and the keyboard; its Delete button lists the album's messages. A receipt's chat and message id
 are stored with its job (``core.remember_receipt``, ``extra["receipt"] = "<chat>:<message>"``),
 so progress edits that one message and the result's arrival closes it, after a restart too.
+A fast job can be delivered before its receipt is stored, or even sent: the Sender also keeps
+the receipts it posted, and the status of results that went out before their receipt was
+known, in memory (the last :data:`MEMORY` jobs), so whichever comes second closes the receipt.
 A chat that is gone or blocked the bot makes the job :class:`Undeliverable` (not retried).
 
 Telegram re-encodes photos, which drops the PNG's "AI-generated" metadata tag, so every
@@ -15,8 +18,10 @@ from __future__ import annotations
 
 import io
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from PIL import Image
 from telegram import Bot, InlineKeyboardMarkup, InputMediaPhoto, Message, ReplyParameters
@@ -29,6 +34,9 @@ from storage.schemas import Delivery
 
 log = logging.getLogger(__name__)
 
+V = TypeVar("V")
+Where = tuple[int, int]  # (chat id, message id)
+
 TEXT_LIMIT = 4096
 CAPTION_LIMIT = 1024
 ALBUM_MAX = 10
@@ -36,6 +44,8 @@ PHOTO_MAX_BYTES = 10 * 1024 * 1024
 PHOTO_MIMES = ("image/png", "image/jpeg", "image/webp")
 #: The last caption line of a generated image (the photo itself loses its metadata tag).
 AI_MARK = "AI-generated image"
+#: How many jobs' receipts (and early results) a Sender keeps in memory.
+MEMORY = 1000
 #: The key of the receipt's ``"<chat id>:<message id>"`` in a job's ``Delivery.extra``.
 RECEIPT_KEY = "receipt"
 
@@ -124,6 +134,14 @@ def receipt_ref(chat_id: int, message_id: int) -> dict[str, str]:
     return {RECEIPT_KEY: f"{chat_id}:{message_id}"}
 
 
+def _keep(memory: OrderedDict[int, V], job_id: int, value: V) -> None:
+    """Remember ``value`` for the job, forgetting the oldest beyond :data:`MEMORY` jobs."""
+    memory[job_id] = value
+    memory.move_to_end(job_id)
+    while len(memory) > MEMORY:
+        memory.popitem(last=False)
+
+
 def receipt_of(delivery: Delivery) -> tuple[int, int] | None:
     """The (chat id, message id) of the job's receipt, when it was stored."""
     chat, _, message = delivery.extra.get(RECEIPT_KEY, "").rpartition(":")
@@ -138,6 +156,8 @@ class Sender:
         self.bot = bot
         self.key = key
         self._remember = remember
+        self._receipts: OrderedDict[int, Where] = OrderedDict()  # posted, maybe not yet stored
+        self._early: OrderedDict[int, str] = OrderedDict()  # result sent, receipt unknown
 
     async def post(self, target: Target, reply: Reply) -> list[Message]:
         """Send a reply; returns the messages sent (a receipt is remembered)."""
@@ -155,9 +175,20 @@ class Sender:
         return sent
 
     async def _remember_receipt(self, reply: Reply, message: Message) -> None:
-        if reply.kind is ReplyKind.RECEIPT and reply.job_id is not None:
-            extra = receipt_ref(message.chat_id, message.message_id)
-            await self._remember(reply.job_id, extra)
+        """Store where a job's receipt is; close it at once if the result went out first.
+
+        Nothing is awaited before the memory is updated, so either the delivery finds this
+        receipt (:meth:`_close_receipt`) or this finds the delivery's status.
+        """
+        if reply.kind is not ReplyKind.RECEIPT or reply.job_id is None:
+            return
+        where = (message.chat_id, message.message_id)
+        status = self._early.pop(reply.job_id, None)
+        if status is None:
+            _keep(self._receipts, reply.job_id, where)
+        await self._remember(reply.job_id, receipt_ref(*where))
+        if status is not None:
+            await self._close(reply.job_id, where, status)
 
     def _markup(
         self, target: Target, reply: Reply, media: Sequence[int] = ()
@@ -253,15 +284,26 @@ class Sender:
         await self._close_receipt(delivery, reply)
 
     async def _close_receipt(self, delivery: Delivery, reply: Reply) -> None:
-        """The result arrived: the receipt keeps a one-line status and loses its Cancel button."""
-        where = receipt_of(delivery)
+        """The result arrived: the receipt keeps a one-line status and loses its Cancel button.
+
+        A receipt posted but not yet stored is found in memory; one not posted yet is closed
+        when it is (:meth:`_remember_receipt`).
+        """
+        status = fit(reply.text.split("\n", 1)[0], TEXT_LIMIT)
+        job_id = reply.job_id
+        posted = self._receipts.pop(job_id, None) if job_id is not None else None
+        where = receipt_of(delivery) or posted
         if where is None:
+            if job_id is not None:
+                _keep(self._early, job_id, status)
             return
-        status = reply.text.split("\n", 1)[0]
+        await self._close(job_id, where, status)
+
+    async def _close(self, job_id: int | None, where: Where, status: str) -> None:
         try:
-            await self._edit(where, fit(status, TEXT_LIMIT), None)
+            await self._edit(where, status, None)
         except TelegramError as exc:
-            log.info("job %s: receipt not closed: %s", reply.job_id, exc)
+            log.info("job %s: receipt not closed: %s", job_id, exc)
 
     async def progress(self, delivery: Delivery, reply: Reply) -> None:
         """Edit the job's receipt with a progress line (dropped if the receipt is unknown)."""

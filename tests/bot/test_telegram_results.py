@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 from bot_worker_fixture import FixtureWorker, png
@@ -195,6 +196,71 @@ async def test_a_chat_that_blocked_the_bot_is_not_retried(
         await eventually(lambda: _delivered(core, job_id))
         await asyncio.sleep(0.2)
     assert [c.error for c in server.calls_to("sendPhoto")] == [error]
+
+
+def closes(receipt: Call) -> Callable[[Call], bool]:
+    """Matches the edit that closes ``receipt``: its status line, no keyboard."""
+    message_id = receipt.result["message_id"]
+    return lambda c: c.params["message_id"] == message_id and "reply_markup" not in c.params
+
+
+async def test_a_result_delivered_while_its_receipt_is_stored_still_closes_it(
+    settings: Settings,
+    core: Core,
+    worker: FixtureWorker,
+    server: FakeTelegram,
+    alice: Updates,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    storing, stored = asyncio.Event(), asyncio.Event()
+    remember = core.remember_receipt
+
+    async def slow_store(job_id: int, message_ref: str | None = None, **kw: object) -> bool:
+        storing.set()
+        await stored.wait()  # the database is slow: the result goes out meanwhile
+        return await remember(job_id, message_ref, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(core, "remember_receipt", slow_store)
+    async with running_bot(settings, core, server):
+        receipt = await server.wait_for("sendMessage", answering(alice.message("/imagine a fox")))
+        await storing.wait()
+        [job_id] = await worker.drain()
+        await server.wait_for("sendPhoto")
+        await eventually(lambda: _delivered(core, job_id))
+        stored.set()
+        closed = await server.wait_for("editMessageText", closes(receipt), timeout=3)
+    assert closed.params["text"].startswith(f"Job #{job_id} done")
+
+
+async def test_a_result_delivered_before_its_receipt_was_sent_closes_it_when_sent(
+    settings: Settings,
+    core: Core,
+    worker: FixtureWorker,
+    server: FakeTelegram,
+    alice: Updates,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    arrived, go = asyncio.Event(), asyncio.Event()
+    send_message = server._m_sendMessage
+
+    async def late_receipts(p: dict[str, Any], f: dict[str, bytes]) -> Any:
+        if "queued" in p.get("text", ""):
+            arrived.set()
+            await go.wait()  # the receipt is held up on its way to the chat
+        return await send_message(p, f)
+
+    monkeypatch.setattr(server, "_m_sendMessage", late_receipts)
+    async with running_bot(settings, core, server):
+        command = alice.message("/imagine a heron")
+        await arrived.wait()
+        [job_id] = await worker.drain()
+        await server.wait_for("sendPhoto")
+        await eventually(lambda: _delivered(core, job_id))
+        go.set()
+        receipt = await server.wait_for("sendMessage", answering(command))
+        closed = await server.wait_for("editMessageText", closes(receipt), timeout=3)
+        await eventually(lambda: _receipt_stored(core, job_id))
+    assert closed.params["text"].startswith(f"Job #{job_id} done")
 
 
 async def _delivered(core: Core, job_id: int) -> bool:
