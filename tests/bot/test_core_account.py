@@ -9,10 +9,10 @@ from bot_worker_fixture import FixtureWorker
 from bot.core.app import Core
 from bot.core.messages import Caller, ReplyKind
 from bot.core.moderation import Moderation
-from storage import jobs, users
+from storage import identities, jobs, users
 from storage.config import ModerationSettings
 from storage.db import Limits
-from storage.schemas import ImagineParams
+from storage.schemas import BatchParams, ImagineParams
 
 
 async def _user_id(core: Core, caller: Caller) -> int:
@@ -142,11 +142,17 @@ async def test_users_cannot_touch_each_others_faces(
         "/face default me",
         "/face delete me",
         "/imagine a cat --face me",
-        "/batch me\na\nb",
-        "/compare me",
+        "/batch --face me\na\nb",
+        "/compare --face me",
     ):
         reply = await say(core, bob, text)
         assert reply.is_error and reply.text == "You have no face named 'me'.", (text, reply.text)
+    prompts = await say(core, bob, "/batch me\na")  # not his face: a prompt, with his own face
+    batch = (await jobs.get_job(core.db, prompts.job_id or 0)).params
+    assert isinstance(batch, BatchParams) and batch.prompts == ["me", "a"]
+    bob_user = await users.find_user(core.db, bob.platform, bob.user_id)
+    assert bob_user is not None
+    assert batch.identity_id == (await identities.get_identity(core.db, bob_user.id, "bobface")).id
     assert "'me'" not in (await say(core, bob, "/face list")).text
     alice_face = await say(core, alice, "/face show me")
     assert not alice_face.is_error  # untouched
