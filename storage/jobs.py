@@ -24,8 +24,9 @@ Uploads (``input_blob``) are dropped when a job ends, unless the host keeps inpu
 exception: a face job refused because its photo shows several faces (it fails with a
 ``Refusal`` of code SEVERAL_FACES and a numbered preview, see storage.leases.fail) keeps its
 upload until the owner answers with a face choice — ``enqueue(..., input_from=<that job>)``
-moves the upload to the new job — or until retention prunes the job. A face request held for consent (storage.job_holds) keeps its
-upload the same way. Both are the owner's own pending uploads, erased by erase_user too.
+moves the upload to the new job — or until retention prunes the job. A face request held for
+consent (storage.job_holds) keeps its upload the same way. Both are the owner's own pending
+uploads, erased by erase_user too.
   worker side (storage.leases, storage.job_finish):
     claim(db, worker_id, *, kinds=None, lease_seconds=None, reap=True, now=None)
         -> JobRecord | None          (a job whose row cannot be read fails with UNREADABLE)
