@@ -2,8 +2,9 @@
 
 Modules: ``db`` (Database, Limits, upgrade, check_schema), ``config`` (settings), ``schemas``
 (typed job contract), ``models`` (tables), ``migrations`` (Alembic: 0001 schema, 0002 job
-notes), ``records`` (returned records), ``errors``, ``identities``, ``users``, ``results``,
-``workers``, ``embeddings`` (identity safetensors, numpy only), ``fairness`` (claim order).
+notes, 0003 job refusals), ``records`` (returned records), ``errors``, ``identities``,
+``users``, ``results``, ``workers``, ``embeddings`` (identity safetensors, numpy only),
+``fairness`` (claim order).
 
 The job queue is ``jobs``, which re-exports its sub-modules' public functions:
 ``job_insert`` (the checks and insert of every new job), ``job_holds`` (face requests held for
