@@ -61,7 +61,8 @@ Demo finished in {seconds:.0f} s; images and the compare grid are in {out}/.
 The pictures are noise because the tiny preset has random weights. For real images on a GPU:
   1. put `[engine]` / `preset = "flux-dev"` in config.toml (see config.example.toml),
   2. run `pulid-bot models download --accept-licence` (FLUX.1-dev, PuLID, EVA02-CLIP, antelopev2),
-  3. run `pulid-bot serve` (Discord/Telegram tokens in config.toml) or `pulid-bot chat`."""
+  3. run `pulid-bot db upgrade`, then `pulid-bot serve` (Discord/Telegram tokens in
+     config.toml), or `pulid-bot engine` beside `pulid-bot chat` for a local console."""
 
 
 def run_demo(
