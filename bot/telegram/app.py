@@ -21,6 +21,7 @@ from bot.core.app import Core
 from bot.core.delivery import Deliverer
 from bot.telegram import keyboards
 from bot.telegram.handlers import PLATFORM, Handlers, menu
+from bot.telegram.redact import RedactToken
 from bot.telegram.replies import Sender
 from storage.config import ConfigError, Settings, TelegramSettings
 
@@ -30,33 +31,6 @@ ALLOWED_UPDATES = [Update.MESSAGE, Update.CALLBACK_QUERY]
 CONCURRENT_UPDATES = 16
 RATE_LIMIT_RETRIES = 3
 PROGRESS_INTERVAL = 3.0
-#: Loggers that may write the token (request URLs contain it).
-TOKEN_LOGGERS = (
-    "httpx",
-    "telegram",
-    "telegram.Bot",
-    "telegram.ext",
-    "telegram.ext.ExtBot",
-    "telegram.ext.Updater",
-    "telegram.ext.Application",
-    "telegram.HTTPXRequest",
-    "telegram.BaseRequest",
-)
-
-
-class RedactToken(logging.Filter):
-    """Replaces the bot token in log records with ``<token>``."""
-
-    def __init__(self, token: str) -> None:
-        super().__init__()
-        self.token = token
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if self.token in message:
-            record.msg = message.replace(self.token, "<token>")
-            record.args = None
-        return True
 
 
 def file_url_of(base_url: str) -> str:
@@ -99,7 +73,7 @@ class TelegramAdapter:
             raise ConfigError("telegram.token is not set (get one from @BotFather)")
         token = self.settings.token.get_secret_value()
         self._redact = RedactToken(token)
-        _filter_loggers(self._redact, add=True)  # before the Bot exists: it logs its URLs
+        self._redact.install()  # before the Bot exists: it logs its URLs
         limiter = AIORateLimiter(max_retries=RATE_LIMIT_RETRIES)
         self.application = build_application(self.settings, limiter)
         self.sender = Sender(
@@ -121,7 +95,7 @@ class TelegramAdapter:
 
     async def start(self) -> None:
         """Connect, publish the command menu, receive updates, deliver results."""
-        _filter_loggers(self._redact, add=True)
+        self._redact.install()  # handlers set up since the adapter was built
         app = self.application
         try:
             await app.initialize()
@@ -164,14 +138,8 @@ class TelegramAdapter:
         if app.running:
             await app.stop()
         await app.shutdown()
-        _filter_loggers(self._redact, add=False)
+        self._redact.uninstall()
         log.info("telegram: stopped")
-
-
-def _filter_loggers(redact: RedactToken, *, add: bool) -> None:
-    for name in TOKEN_LOGGERS:
-        logger = logging.getLogger(name)
-        (logger.addFilter if add else logger.removeFilter)(redact)
 
 
 async def start_telegram(settings: Settings, core: Core) -> TelegramAdapter:

@@ -31,6 +31,7 @@ from bot.core.dispatch import Dispatcher
 from bot.core.errors import BadInput
 from bot.core.messages import Caller, Reply, error_reply
 from bot.telegram import keyboards, presses
+from bot.telegram.redact import redact_token
 from bot.telegram.replies import Sender, Target, message_ref
 from bot.telegram.uploads import TIP, Need, check_upload, download, find_upload, need_of
 from storage.config import Settings
@@ -217,7 +218,7 @@ class Handlers:
         if not self.admins or now - self._last_alert < ALERT_EVERY:
             return
         self._last_alert = now
-        detail = str(error).replace(context.bot.token, "<token>")[:300]
+        detail = redact_token(str(error), context.bot.token)[:300]
         text = f"pulid-bot: {type(error).__name__} while handling update {update_id}: {detail}"
         for admin in self.admins:
             with suppress(TelegramError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import logging
 
 import pytest
 from PIL import Image
@@ -14,6 +15,7 @@ from bot.core.errors import BadInput
 from bot.core.messages import Attachment, Button, ButtonStyle, Reply, ReplyKind, error_reply
 from bot.telegram import keyboards, presses
 from bot.telegram.handlers import addressed_to_me, telegram_admins
+from bot.telegram.redact import RedactToken, redact_token
 from bot.telegram.replies import (
     AI_MARK,
     CAPTION_LIMIT,
@@ -181,3 +183,30 @@ def test_caption_commands_addressed_to_this_bot() -> None:
 
 def test_admins_are_read_from_platform_ids() -> None:
     assert telegram_admins(["telegram:12", "discord:5", "telegram:x", "telegram:-7"]) == [12, -7]
+
+
+def test_the_token_is_masked_in_any_logger_message_and_exception_in_any_case(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    token = "123456:AbC-secret"
+    redact = RedactToken(token)
+    caplog.set_level(logging.INFO)
+    redact.install()
+    try:
+        try:
+            raise RuntimeError(f"GET /bot{token}/getMe: {token.lower()}")
+        except RuntimeError:
+            logging.getLogger("somewhere.else").exception("failed at %s", token.upper())
+    finally:
+        redact.uninstall()
+    logging.getLogger("somewhere.else").info("after %s", token)  # the filter is gone again
+    masked, after = caplog.text.split("INFO")
+    assert masked.count("<token>") == 3 and "RuntimeError" in masked
+    for variant in (token, token.lower(), token.upper()):
+        assert variant not in masked
+    assert token in after
+
+
+def test_redact_token_ignores_case_and_an_empty_token() -> None:
+    assert redact_token("Broken near 123456:abc-DEF", "123456:ABC-def") == "Broken near <token>"
+    assert redact_token("nothing here", "") == "nothing here"
