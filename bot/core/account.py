@@ -73,6 +73,8 @@ class AccountCommands(GenerateCommands):
 
     async def _save_settings(self, user: UserRecord, values: Mapping[str, str]) -> Reply:
         face = values.get("face")
+        if face is not None:  # checked first: a refused command saves nothing
+            face = (await identities.get_identity(self.db, user.id, parsing.check_name(face))).name
         parsed = limits.parse_overrides(values, self.limits)
         merged = limits.saved_from_json(user.settings)
         if "ar" in parsed or "size" in parsed:
@@ -83,7 +85,7 @@ class AccountCommands(GenerateCommands):
         limits.build_settings(merged, {}, self.limits)  # refuse a combination that cannot run
         await users.update_settings(self.db, user.id, limits.saved_to_json(merged), replace=True)
         if face is not None:
-            await identities.set_default(self.db, user.id, parsing.check_name(face))
+            await identities.set_default(self.db, user.id, face)
         return await self._show_settings(user.id, "Saved. Your defaults:")
 
     async def _show_settings(self, user_id: int, head: str) -> Reply:

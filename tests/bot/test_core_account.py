@@ -98,6 +98,18 @@ async def test_settings_errors(core: Core, alice: Caller, text: str, error: str)
     assert reply.is_error and error in reply.text, reply.text
 
 
+async def test_a_refused_settings_command_saves_nothing(
+    core: Core, worker: FixtureWorker, alice: Caller
+) -> None:
+    await add_face(core, worker, alice, "me")
+    refused = await say(core, alice, "/settings --steps 20 --face nobody")
+    assert refused.is_error and "You have no face named 'nobody'." in refused.text
+    user = await users.find_user(core.db, alice.platform, alice.user_id)
+    assert user is not None and user.settings == {}
+    shown = await say(core, alice, "/settings")
+    assert "--steps 28" in shown.text and "--face me" in shown.text
+
+
 async def test_forget_erases_every_row_of_the_user_only(
     core: Core, worker: FixtureWorker, alice: Caller, bob: Caller
 ) -> None:
