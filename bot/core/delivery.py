@@ -2,10 +2,13 @@
 
 Each pass sends every finished-but-undelivered job of the platform to the adapter's ``send``
 callback and marks it delivered only after the callback returned; a failed send is retried
-with backoff (the job stays undelivered, so its results are kept until retention), except
-when it raises :class:`Undeliverable`: the chat is gone or refuses the bot for good, so the
-job is marked delivered with one log line and never retried. Running jobs get throttled
-progress replies. After a restart the first pass resumes where it stopped.
+with backoff (the job stays undelivered, so its results are kept until retention). After
+``max_attempts`` failed sends, or at once when the send raises :class:`Undeliverable` (the
+chat is gone or refuses the bot for good), the job is marked delivered with one log line and
+never retried; its results stay visible in /jobs until retention. Jobs waiting out a backoff
+do not count against a pass's batch, so newer results are not held up behind stuck ones.
+Running jobs get throttled progress replies. After a restart the first pass resumes where it
+stopped.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ log = logging.getLogger(__name__)
 
 #: ``send(delivery, reply)``: post the reply where ``delivery`` says; raise if it failed.
 SendFn = Callable[[Delivery, Reply], Awaitable[None]]
+#: Finished jobs sent per pass (besides those waiting out a backoff).
+BATCH = 100
 
 
 class Undeliverable(Exception):
@@ -55,6 +60,7 @@ class Deliverer:
         poll_seconds: float = 1.0,
         progress_interval: float = 3.0,
         max_backoff: float = 600.0,
+        max_attempts: int = 8,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.db = db
@@ -64,6 +70,7 @@ class Deliverer:
         self.poll_seconds = poll_seconds
         self.progress_interval = progress_interval
         self.max_backoff = max_backoff
+        self.max_attempts = max_attempts
         self._clock = clock
         self._retries: dict[int, _Retry] = {}
         self._shown: dict[int, tuple[int, float]] = {}  # job → (step shown, when)
@@ -96,14 +103,24 @@ class Deliverer:
         return await self.deliver_pending()
 
     async def deliver_pending(self) -> int:
-        """Send every finished, undelivered job whose retry time has come."""
+        """Send up to :data:`BATCH` finished, undelivered jobs whose retry time has come,
+        oldest first."""
         delivered = 0
-        for job in await jobs.undelivered(self.db, platforms=[self.platform]):
-            retry = self._retries.get(job.id)
-            if retry is not None and retry.at > self._clock():
-                continue
+        for job in await self._due():
             delivered += await self._deliver(job)
         return delivered
+
+    async def _due(self) -> list[JobRecord]:
+        """The oldest undelivered jobs not waiting out a backoff: the query asks for as many
+        more rows as there are waiting jobs, so those cannot fill the batch."""
+        now = self._clock()
+        waiting = {job_id for job_id, retry in self._retries.items() if retry.at > now}
+        limit = BATCH + len(waiting)
+        found = await jobs.undelivered(self.db, platforms=[self.platform], limit=limit)
+        if len(found) < limit:  # every undelivered job is here: forget the others' retries
+            listed = {job.id for job in found}
+            self._retries = {k: v for k, v in self._retries.items() if k in listed}
+        return [job for job in found if job.id not in waiting][:BATCH]
 
     async def _deliver(self, job: JobRecord) -> int:
         assert job.delivery is not None
@@ -114,12 +131,28 @@ class Deliverer:
             await self._done(job.id)
             log.warning("job %s: undeliverable on %s, dropped: %s", job.id, self.platform, exc)
             return 0
-        except Exception:
-            self._backoff(job.id)
+        except Exception as exc:
+            await self._failed(job.id, exc)
             return 0
         await self._done(job.id)
         log.info("job %s delivered to %s", job.id, self.platform)
         return 1
+
+    async def _failed(self, job_id: int, exc: Exception) -> None:
+        """Back off before the next try, or give up after ``max_attempts`` failed sends."""
+        retry = self._retries.get(job_id, _Retry())
+        if retry.failures + 1 < self.max_attempts:
+            self._backoff(job_id)
+            return
+        await self._done(job_id)
+        log.warning(
+            "job %s: not delivered to %s after %s tries, given up (it stays in /jobs): %s: %s",
+            job_id,
+            self.platform,
+            retry.failures + 1,
+            type(exc).__name__,
+            exc,
+        )
 
     async def _done(self, job_id: int) -> None:
         await jobs.mark_delivered(self.db, job_id)

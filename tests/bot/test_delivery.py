@@ -10,6 +10,7 @@ from bot_helpers import Inbox, add_face, say
 from bot_worker_fixture import FixtureWorker
 
 from bot.core.app import Core
+from bot.core import delivery
 from bot.core.delivery import Deliverer, Undeliverable, prune_expired
 from bot.core.messages import Caller, Reply, ReplyKind
 from storage import jobs
@@ -62,6 +63,50 @@ async def test_failed_sends_are_retried_with_backoff_and_kept(
     clock.now += 2.0
     assert await deliverer.run_once() == 1
     assert (await jobs.get_job(core.db, receipt.job_id or 0)).delivered is True
+
+
+async def test_a_result_that_keeps_failing_is_given_up_after_max_attempts(
+    core: Core, worker: FixtureWorker, alice: Caller, caplog: pytest.LogCaptureFixture
+) -> None:
+    await add_face(core, worker, alice)
+    await Deliverer(core.db, "console", Inbox()).run_once()
+    receipt = await say(core, alice, "/imagine a cat")
+    await worker.drain()
+    clock, inbox = Clock(), Inbox(fail_times=10)
+    deliverer = Deliverer(core.db, "console", inbox, clock=clock, max_backoff=1, max_attempts=3)
+    for _ in range(3):
+        assert await deliverer.run_once() == 0
+        clock.now += 2
+    assert inbox.fail_times == 7  # three tries, then given up ...
+    job = await jobs.get_job(core.db, receipt.job_id or 0)
+    assert job.delivered is True and job.state is JobState.DONE  # ... still listed in /jobs
+    given_up = [r for r in caplog.records if "given up" in r.getMessage()]
+    assert len(given_up) == 1 and "ConnectionError" in given_up[0].getMessage()
+    clock.now += 1000
+    assert await deliverer.run_once() == 0 and inbox.fail_times == 7  # never tried again
+
+
+async def test_results_waiting_out_a_backoff_do_not_hold_up_newer_ones(
+    core: Core, worker: FixtureWorker, alice: Caller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(delivery, "BATCH", 2)
+    await add_face(core, worker, alice)
+    await Deliverer(core.db, "console", Inbox()).run_once()
+    stuck = [(await say(core, alice, f"/imagine {p}")).job_id for p in ("a", "b")]
+    await worker.drain()
+    newer = (await say(core, alice, "/imagine c")).job_id
+    await worker.drain()
+    sent: list[int | None] = []
+
+    async def send(_: Delivery, reply: Reply) -> None:
+        if reply.job_id in stuck:
+            raise ConnectionError("this chat is down")
+        sent.append(reply.job_id)
+
+    deliverer = Deliverer(core.db, "console", send, clock=Clock())
+    assert await deliverer.run_once() == 0  # the two oldest fill the batch, and fail
+    assert await deliverer.run_once() == 1  # they wait out their backoff: the newer one goes
+    assert sent == [newer]
 
 
 async def test_restart_resumes_undelivered(
