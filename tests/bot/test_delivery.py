@@ -9,8 +9,8 @@ import pytest
 from bot_helpers import Inbox, add_face, say
 from bot_worker_fixture import FixtureWorker
 
-from bot.core.app import Core
 from bot.core import delivery
+from bot.core.app import Core
 from bot.core.delivery import Deliverer, Undeliverable, prune_expired
 from bot.core.messages import Caller, Reply, ReplyKind
 from storage import jobs
