@@ -17,14 +17,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.exc import SQLAlchemyError
-
+from bot.startup import StartupError
 from storage.config import (
     ENV_CONFIG_FILE,
     ConfigError,
     Settings,
     load_settings,
-    mask_url,
     masked,
 )
 from storage.errors import StorageError
@@ -97,22 +95,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = _HANDLERS[_command_key(args)]
     try:
         return handler(args, settings)
-    except StorageError as exc:
+    except (StorageError, StartupError) as exc:
         print(f"error: {exc.user_message}", file=sys.stderr)
-        return 1
-    except (SQLAlchemyError, OSError) as exc:
-        log.debug("database error", exc_info=True)
-        print(f"error: {_database_problem(settings, exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
-
-
-def _database_problem(settings: Settings, exc: BaseException) -> str:
-    """One line naming the (masked) database URL and the first line of the cause."""
-    cause = getattr(exc, "orig", None) or exc
-    reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0][:200]
-    return f"cannot use the database {mask_url(settings.database.url)}: {reason}"
 
 
 def _command_key(args: argparse.Namespace) -> str:
@@ -140,9 +127,13 @@ def engine_command(args: list[str]) -> list[str]:
     return [sys.executable, "-m", "engine", *args]
 
 
+#: Chat-platform secrets an engine worker never needs.
+_ADAPTER_ENV = ("PULID_BOT__DISCORD__", "PULID_BOT__TELEGRAM__")
+
+
 def engine_env(config: Path | None) -> dict[str, str]:
-    """The child's environment: ours, plus the config file it must read."""
-    env = dict(os.environ)
+    """The child's environment: ours without chat-platform settings, plus the config file."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_ADAPTER_ENV)}
     if config is not None:
         env[ENV_CONFIG_FILE] = str(config.resolve())
     return env

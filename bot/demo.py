@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import io
 import json
-import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -20,6 +19,7 @@ from typing import Any, TextIO
 
 from bot.cli import engine_command, engine_env
 from bot.console import quiet_logs, run_chat
+from bot.supervisor import terminate
 from storage import workers
 from storage.config import Settings
 from storage.db import Database, upgrade
@@ -131,7 +131,7 @@ async def engine_worker(
             await _wait_ready(settings, proc, log)
             yield proc
         finally:
-            await _stop(proc)
+            await terminate(proc, STOP_TIMEOUT, "engine worker")
 
 
 def demo_settings(settings: Settings) -> Settings:
@@ -216,15 +216,3 @@ async def _wait_ready(settings: Settings, proc: asyncio.subprocess.Process, log:
         )
     finally:
         await db.close()
-
-
-async def _stop(proc: asyncio.subprocess.Process) -> None:
-    """SIGTERM the worker (it finishes or releases its job); SIGKILL if it hangs."""
-    if proc.returncode is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        await asyncio.wait_for(proc.wait(), STOP_TIMEOUT)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()

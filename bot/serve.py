@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from bot.cli import engine_command, engine_env
 from bot.core import Core
 from bot.core.delivery import retention_loop
+from bot.startup import StartupError
 from bot.supervisor import Supervised
 from storage.config import Settings
 
@@ -31,7 +32,7 @@ class Adapter(Protocol):
 AdapterStarter = Callable[[Settings, Core], Awaitable[Adapter]]
 
 
-class NothingToServe(RuntimeError):
+class NothingToServe(StartupError):
     """No chat adapter is configured."""
 
 
@@ -77,7 +78,8 @@ async def serve(
     core = await Core.open(settings)
     workers = worker_processes(settings, config) if workers is None else workers
     tasks = [asyncio.create_task(w.run(), name=w.name) for w in workers]
-    tasks.append(asyncio.create_task(_retention(core, settings), name="retention"))
+    days = settings.storage.result_retention_days
+    tasks.append(asyncio.create_task(retention_loop(core.db, days), name="retention"))
     adapters: list[Adapter] = []
     try:
         adapters = await _start_adapters(settings, core, starters)
@@ -90,22 +92,37 @@ async def _start_adapters(
     settings: Settings, core: Core, starters: dict[str, AdapterStarter]
 ) -> list[Adapter]:
     adapters: list[Adapter] = []
-    for name, start in starters.items():
-        adapters.append(await start(settings, core))
-        log.info("%s adapter started", name)
+    try:
+        for name, start in starters.items():
+            adapters.append(await _start_one(name, start, settings, core))
+    except StartupError:
+        await _stop_adapters(adapters)
+        raise
     return adapters
 
 
-async def _retention(core: Core, settings: Settings) -> None:
-    await retention_loop(core.db, settings.storage.result_retention_days)
+async def _start_one(name: str, start: AdapterStarter, settings: Settings, core: Core) -> Adapter:
+    """Start one adapter; any failure becomes one line naming the adapter and the cause."""
+    try:
+        adapter = await start(settings, core)
+    except Exception as exc:
+        log.debug("%s adapter failed to start", name, exc_info=True)
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise StartupError(f"the {name} adapter could not start: {reason}") from exc
+    log.info("%s adapter started", name)
+    return adapter
+
+
+async def _stop_adapters(adapters: list[Adapter]) -> None:
+    for adapter in adapters:
+        with contextlib.suppress(Exception):
+            await adapter.stop()
 
 
 async def _shutdown(
     adapters: list[Adapter], workers: list[Supervised], tasks: list[asyncio.Task[Any]], core: Core
 ) -> None:
-    for adapter in adapters:
-        with contextlib.suppress(Exception):
-            await adapter.stop()
+    await _stop_adapters(adapters)
     await asyncio.gather(*(w.stop() for w in workers), return_exceptions=True)
     for task in tasks:
         task.cancel()
@@ -123,10 +140,6 @@ def _signal_event() -> asyncio.Event:
 
 
 def run_serve(settings: Settings, *, config: Path | None = None) -> int:
-    """The ``pulid-bot serve`` command."""
-    try:
-        asyncio.run(serve(settings, config=config))
-    except NothingToServe as exc:
-        print(f"error: {exc}")
-        return 2
+    """The ``pulid-bot serve`` command (start-up failures reach the CLI as one line)."""
+    asyncio.run(serve(settings, config=config))
     return 0

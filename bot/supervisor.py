@@ -73,6 +73,8 @@ class Supervised:
         self._proc = await asyncio.create_subprocess_exec(*self.argv, env=self.env)
         self.starts += 1
         log.info("%s started (pid %d, start %d)", self.name, self._proc.pid, self.starts)
+        if self._stopping.is_set():  # stop() ran while this child was being spawned
+            await terminate(self._proc, self.stop_timeout, self.name)
         code = await self._proc.wait()
         self.exit_codes.append(code)
         return code
@@ -80,13 +82,18 @@ class Supervised:
     async def stop(self) -> None:
         """SIGTERM the child (it finishes or releases its job), SIGKILL after the timeout."""
         self._stopping.set()
-        proc = self._proc
-        if proc is None or proc.returncode is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), self.stop_timeout)
-        except TimeoutError:
-            log.error("%s did not stop in %.0fs; killing it", self.name, self.stop_timeout)
-            proc.kill()
-            await proc.wait()
+        if self._proc is not None:
+            await terminate(self._proc, self.stop_timeout, self.name)
+
+
+async def terminate(proc: asyncio.subprocess.Process, timeout: float, name: str = "child") -> None:
+    """SIGTERM a child process and wait; SIGKILL it if it is still running after ``timeout``."""
+    if proc.returncode is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(proc.wait(), timeout)
+    except TimeoutError:
+        log.error("%s did not stop in %.0fs; killing it", name, timeout)
+        proc.kill()
+        await proc.wait()

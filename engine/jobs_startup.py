@@ -92,7 +92,11 @@ def load(settings: Settings, device: torch.device) -> Engine:
 
 async def open_database(settings: Settings) -> Database:
     try:
-        return await Database.open(settings.database.url, limits=Limits.from_settings(settings))
+        return await Database.open(
+            settings.database.url,
+            limits=Limits.from_settings(settings),
+            pool_size=settings.database.pool_size,
+        )
     except StorageError as exc:
         raise StartupError(exc.user_message) from exc
     except Exception as exc:  # driver errors: unreachable server, bad credentials, bad path

@@ -32,10 +32,12 @@ from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy import Connection, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.ext.asyncio import create_async_engine as _create_async_engine
 
-from storage.errors import SchemaError
+from storage.config import mask_url
+from storage.errors import DatabaseUnavailable, SchemaError
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +140,8 @@ class Database:
         db = cls(create_engine(url, **kwargs), limits)
         if check:
             try:
-                await check_schema(db)
+                async with reachable(url):
+                    await check_schema(db)
             except BaseException:
                 await db.close()
                 raise
@@ -176,12 +179,25 @@ def head_revision() -> str:
     return head
 
 
+@asynccontextmanager
+async def reachable(url: str) -> AsyncIterator[None]:
+    """Turn a failure to connect into :class:`DatabaseUnavailable` (one line, password masked)."""
+    try:
+        yield
+    except (OperationalError, InterfaceError, OSError) as exc:
+        cause = getattr(exc, "orig", None) or exc
+        reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0][:200]
+        raise DatabaseUnavailable(
+            f"Cannot use the database {mask_url(url)}: {reason}", detail=repr(exc)
+        ) from exc
+
+
 async def upgrade(url: str = DEFAULT_URL, revision: str = "head") -> str:
     """Create or upgrade the schema at ``url``; returns the revision now current."""
     engine = create_engine(url)
     cfg = alembic_config(url)
     try:
-        async with engine.begin() as conn:
+        async with reachable(url), engine.begin() as conn:
             await conn.run_sync(_run_upgrade, cfg, revision)
         current = await _current(engine)
     finally:

@@ -79,3 +79,9 @@ class SchemaError(StorageError):
     """The database schema is missing, older or newer than this version of pulid-bot."""
 
     default_message = "The database schema is not current; run `pulid-bot db upgrade`."
+
+
+class DatabaseUnavailable(StorageError):
+    """The database cannot be reached or opened (server down, bad URL, unwritable file)."""
+
+    default_message = "The database cannot be reached."

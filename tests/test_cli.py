@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.cli import build_parser
+from bot.cli import _HANDLERS, _command_key, build_parser, engine_env
 
 COMMANDS = ("serve", "engine", "chat", "demo", "db", "config", "models")
 
@@ -45,6 +45,19 @@ def test_help_lists_every_command(tmp_path: Path) -> None:
 def test_sub_commands_parse(argv: list[str]) -> None:
     args = build_parser().parse_args(argv)
     assert args.command == argv[0]
+    assert _command_key(args) == " ".join(argv) and _command_key(args) in _HANDLERS
+
+
+def test_engine_children_get_no_chat_tokens(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("PULID_BOT__DISCORD__TOKEN", "d-secret")
+    monkeypatch.setenv("PULID_BOT__TELEGRAM__TOKEN", "t-secret")
+    monkeypatch.setenv("PULID_BOT__ENGINE__PRESET", "tiny")
+    env = engine_env(tmp_path / "c.toml")
+    assert "PULID_BOT__DISCORD__TOKEN" not in env and "PULID_BOT__TELEGRAM__TOKEN" not in env
+    assert env["PULID_BOT__ENGINE__PRESET"] == "tiny"
+    assert env["PULID_BOT_CONFIG"] == str((tmp_path / "c.toml").resolve())
 
 
 def test_config_show_masks_secrets(tmp_path: Path) -> None:
@@ -85,5 +98,5 @@ def test_an_unreachable_database_is_one_line_without_the_password(tmp_path: Path
     out = _cli("db", "upgrade", cwd=tmp_path, env={"PULID_BOT__DATABASE__URL": url})
     assert out.returncode == 1
     line = out.stderr.strip()
-    assert line.startswith("error: cannot use the database postgresql+asyncpg://bot:********@")
+    assert line.startswith("error: Cannot use the database postgresql+asyncpg://bot:********@")
     assert "\n" not in line and "pw-secret" not in line

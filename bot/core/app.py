@@ -24,7 +24,11 @@ class Core(ButtonCommands):
     @classmethod
     async def open(cls, settings: Settings) -> Core:
         """Connect to the configured database (its schema must be current)."""
-        db = await Database.open(settings.database.url, limits=database_limits(settings))
+        db = await Database.open(
+            settings.database.url,
+            limits=database_limits(settings),
+            pool_size=settings.database.pool_size,
+        )
         return cls(settings, db)
 
     async def close(self) -> None:

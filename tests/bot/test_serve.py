@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -11,6 +13,7 @@ from pydantic import SecretStr
 
 from bot.core.app import Core
 from bot.serve import NothingToServe, adapter_starters, serve, worker_processes
+from bot.startup import StartupError
 from bot.supervisor import Backoff, Supervised
 from storage.config import DiscordSettings, EngineSettings, Settings, TelegramSettings
 
@@ -73,3 +76,46 @@ async def test_serve_restarts_crashed_workers_and_stops_cleanly(
     await asyncio.wait_for(task, 10)
     assert crash.starts >= 2
     assert events == ["start", "stop"]
+
+
+async def test_an_adapter_that_cannot_start_is_one_line_and_stops_the_others(
+    settings: Settings,
+) -> None:
+    events: list[str] = []
+
+    async def good(s: Settings, core: Core) -> RecordingAdapter:
+        events.append("start")
+        return RecordingAdapter(events, core)
+
+    async def broken(s: Settings, core: Core) -> RecordingAdapter:
+        raise OSError("Cannot connect to host api.example:443\nmore detail")
+
+    with pytest.raises(StartupError) as err:
+        await serve(settings, starters={"good": good, "telegram": broken}, workers=[])
+    assert err.value.user_message == (
+        "the telegram adapter could not start: Cannot connect to host api.example:443"
+    )
+    assert events == ["start", "stop"]
+
+
+def test_serve_failures_reach_the_terminal_as_one_line(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PULID_BOT")}
+    root = Path(__file__).resolve().parents[2]
+    run = [sys.executable, "-m", "bot.cli", "serve"]
+    subprocess.run(
+        [sys.executable, "-m", "bot.cli", "db", "upgrade"],
+        cwd=tmp_path,
+        env=env | {"PYTHONPATH": str(root)},
+        check=True,
+        capture_output=True,
+    )
+    out = subprocess.run(
+        run,
+        cwd=tmp_path,
+        env=env | {"PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines()[-1].startswith("error: no chat adapter is configured")
