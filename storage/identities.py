@@ -7,7 +7,8 @@ Public API (all async, ``db`` first):
     save_identity(db, owner_id, name, embedding, *, thumbnail=None, make_default=False,
                   max_per_user=None) -> IdentityRecord
     add_reference(db, owner_id, name, embedding) -> IdentityRecord   (appends refs, bumps n_refs)
-    list_identities(db, owner_id) -> list[IdentitySummary]
+    list_identities(db, owner_id) -> list[IdentitySummary]            (blobs not read)
+    list_identity_names(db, owner_id) -> list[str]                     (names only)
     get_identity(db, owner_id, name) -> IdentityRecord                 (NotFound)
     get_identity_by_id(db, owner_id, identity_id) -> IdentityRecord    (NotFound)
     get_default_identity(db, owner_id) -> IdentityRecord | None
@@ -34,6 +35,7 @@ from collections.abc import Collection
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import defer
 
 from storage import embeddings, models
 from storage.db import Database
@@ -46,6 +48,11 @@ from storage.users import erase_user, require_user
 log = logging.getLogger(__name__)
 
 _NAME = re.compile(IDENTITY_NAME_PATTERN)
+#: Lists never read the large columns (raiseload: touching one is a bug, not a lazy load).
+_NO_BLOBS = tuple(
+    defer(column, raiseload=True)
+    for column in (models.Identity.embedding, models.Identity.arcface, models.Identity.thumbnail)
+)
 
 
 def check_name(name: str) -> str:
@@ -252,14 +259,26 @@ async def add_reference(db: Database, owner_id: int, name: str, embedding: bytes
 
 
 async def list_identities(db: Database, owner_id: int) -> list[IdentitySummary]:
-    """The user's faces, by name."""
+    """The user's faces, by name (ignoring case), without their blobs."""
     async with db.session() as s:
         rows = await s.scalars(
             select(models.Identity)
+            .options(*_NO_BLOBS)
             .where(models.Identity.owner_id == owner_id)
             .order_by(func.lower(models.Identity.name))
         )
         return [identity_summary(r) for r in rows]
+
+
+async def list_identity_names(db: Database, owner_id: int) -> list[str]:
+    """The names of the user's faces, sorted ignoring case (for autocompletion and checks)."""
+    async with db.session() as s:
+        names = await s.scalars(
+            select(models.Identity.name)
+            .where(models.Identity.owner_id == owner_id)
+            .order_by(func.lower(models.Identity.name))
+        )
+        return list(names)
 
 
 async def get_identity(db: Database, owner_id: int, name: str) -> IdentityRecord:

@@ -100,7 +100,7 @@ class AccountCommands(GenerateCommands):
     async def forget(self, caller: Caller) -> Reply:
         """Ask for confirmation before erasing everything of the caller."""
         user = await self._known_user(caller)
-        faces = await identities.list_identities(self.db, user.id)
+        faces = await identities.list_identity_names(self.db, user.id)
         history = await jobs.list_jobs(self.db, owner_id=user.id, limit=1000)
         text = (
             f"This erases your {plural(len(faces), 'saved face')}, {plural(len(history), 'job')} "

@@ -42,10 +42,10 @@ class FaceCommands(CoreBase):
         """Queue a face job saving the face in ``image`` as ``name`` (asks consent first)."""
         user = await self._user(caller)
         params, info = self._face_params(FaceMode.ADD, name, image, crop, face, make_default)
-        faces = await identities.list_identities(self.db, user.id)
-        if any(f.name.lower() == name.lower() for f in faces):
+        names = await identities.list_identity_names(self.db, user.id)
+        if name.lower() in (n.lower() for n in names):
             raise BadInput(f"You already have a face named '{name}'; /face more adds photos.")
-        if len(faces) >= (most := self.limits.max_identities_per_user):
+        if len(names) >= (most := self.limits.max_identities_per_user):
             raise LimitReached(f"You can save at most {most} faces; delete one first.")
         return first_frame_note(await self._with_consent(caller, user, params, image.data), info)
 
@@ -132,7 +132,7 @@ class FaceCommands(CoreBase):
         if user is None or user.banned:
             return []
         needle = prefix.strip().lower()
-        names = [f.name for f in await identities.list_identities(self.db, user.id)]
+        names = await identities.list_identity_names(self.db, user.id)
         hits = sorted(
             (n for n in names if needle in n.lower()),
             key=lambda n: (not n.lower().startswith(needle), n.lower()),
@@ -145,8 +145,8 @@ class FaceCommands(CoreBase):
         user = await users.find_user(self.db, caller.platform, caller.user_id)
         if user is None:
             return False
-        faces = await identities.list_identities(self.db, user.id)
-        return any(f.name.lower() == name.lower() for f in faces)
+        names = await identities.list_identity_names(self.db, user.id)
+        return name.lower() in (n.lower() for n in names)
 
     @command
     async def face_list(self, caller: Caller) -> Reply:

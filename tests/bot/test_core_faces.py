@@ -8,6 +8,7 @@ import pytest
 from bot_helpers import add_face, astronaut_png, button, deliver, photo, say
 from bot_worker_fixture import FixtureWorker
 from PIL import Image
+from sqlalchemy import event
 
 from bot.core import actions
 from bot.core.app import Core
@@ -303,3 +304,24 @@ async def test_face_names_are_the_callers_own(
     assert alice_row is not None
     await users.ban_user(core.db, alice_row.id)
     assert await core.face_names(alice) == []
+
+
+async def test_autocomplete_and_name_checks_read_no_face_blobs(
+    core: Core, worker: FixtureWorker, alice: Caller
+) -> None:
+    await add_face(core, worker, alice, "Anna")
+    statements: list[str] = []
+
+    def seen(conn: object, cursor: object, statement: str, *args: object) -> None:
+        statements.append(statement.lower())
+
+    engine = core.db.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        assert await core.face_names(alice, "an") == ["Anna"]
+        assert await core.has_face(alice, "ANNA") and not await core.has_face(alice, "bob")
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    reads = [s for s in statements if "from identities" in s]
+    assert len(reads) == 3
+    assert not [s for s in reads if "embedding" in s or "arcface" in s or "thumbnail" in s]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from sqlalchemy import event
 from storage_helpers import (
     FINGERPRINT,
     embedding_bytes,
@@ -32,6 +33,33 @@ async def test_save_get_list(db: Database) -> None:
     names = [(i.name, i.is_default) for i in await identities.list_identities(db, u.id)]
     assert names == [("Alice", True), ("bob_2", False)]
     assert (await identities.get_identity_by_id(db, u.id, saved.id)).name == "Alice"
+
+
+async def test_lists_read_no_blobs(db: Database) -> None:
+    u, other = await make_user(db), await make_user(db, "2")
+    for name in ("zed", "Anna", "bob_2"):
+        await identities.save_identity(db, u.id, name, embedding_bytes(), thumbnail=b"png")
+    await identities.save_identity(db, other.id, "another", embedding_bytes())
+    statements: list[str] = []
+
+    def seen(conn: object, cursor: object, statement: str, *args: object) -> None:
+        statements.append(statement.lower())
+
+    event.listen(db.engine.sync_engine, "before_cursor_execute", seen)
+    try:
+        assert await identities.list_identity_names(db, u.id) == ["Anna", "bob_2", "zed"]
+        faces = await identities.list_identities(db, u.id)
+    finally:
+        event.remove(db.engine.sync_engine, "before_cursor_execute", seen)
+    assert [(f.name, f.n_refs, f.is_default) for f in faces] == [
+        ("Anna", 1, False),
+        ("bob_2", 1, False),
+        ("zed", 1, True),
+    ]
+    reads = [s for s in statements if "from identities" in s]
+    assert len(reads) == 2
+    assert not [s for s in reads if "embedding" in s or "arcface" in s or "thumbnail" in s]
+    assert await identities.list_identity_names(db, (await make_user(db, "3")).id) == []
 
 
 async def test_add_reference_appends(db: Database) -> None:
