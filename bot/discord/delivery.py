@@ -88,7 +88,7 @@ class DiscordDelivery:
         await channel.get_partial_message(message_id).edit(**fields)
 
     async def _follow_up(self, receipt: Receipt, reply: Reply) -> None:
-        for kwargs in _messages(reply, upload_limit(receipt.interaction)):
+        for kwargs in await _messages(reply, upload_limit(receipt.interaction)):
             await receipt.interaction.followup.send(**kwargs)
         assert reply.job_id is not None
         self.book.forget(reply.job_id)
@@ -123,13 +123,13 @@ class DiscordDelivery:
 
 
 async def _send_all(channel: Messageable, reply: Reply) -> None:
-    for kwargs in _messages(reply, files.MAX_UPLOAD_BYTES):
+    for kwargs in await _messages(reply, files.MAX_UPLOAD_BYTES):
         await channel.send(**kwargs)
 
 
-def _messages(reply: Reply, max_bytes: int) -> list[dict[str, Any]]:
+async def _messages(reply: Reply, max_bytes: int) -> list[dict[str, Any]]:
     """The messages a reply needs: text, buttons and the first files, then the other files."""
-    packed = files.pack(reply.files, max_bytes=max_bytes)
+    packed = await files.pack_in_thread(reply.files, max_bytes=max_bytes)
     groups: Sequence[list[Any]] = packed.messages or [[]]
     text = packed.note(reply.text)[:MAX_TEXT]
     first = message_kwargs(text, groups[0], reply.buttons)

@@ -4,11 +4,13 @@ The upload limit (10 MiB unless a server is boosted; an interaction says its own
 ``attachment_size_limit``) bounds the whole request, so each message's files together stay
 under it. A single image over it is re-encoded (PNG at full compression, then JPEG at falling
 quality, then smaller) with its text metadata — the "AI-generated" tag among it — carried over;
-a file that still cannot fit is left out and named in the message text.
+a file that still cannot fit is left out and named in the message text. The adapter packs
+through :func:`pack_in_thread`, so re-encoding never blocks the event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -68,6 +70,13 @@ def pack(
             fitted.append(small)
     packed.messages.extend(_groups(fitted, budget, max_files))
     return packed
+
+
+async def pack_in_thread(files: Sequence[Attachment], *, max_bytes: int) -> Packed:
+    """:func:`pack` off the event loop: re-encoding a large image takes a while."""
+    if not files:
+        return Packed()
+    return await asyncio.to_thread(pack, files, max_bytes=max_bytes)
 
 
 def _groups(files: Sequence[Attachment], budget: int, max_files: int) -> Iterator[list[Attachment]]:

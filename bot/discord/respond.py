@@ -112,7 +112,7 @@ async def send_reply(interaction: Interaction, reply: Reply, deferral: Deferral)
     Returns the message that carries the reply's text: the interaction's original response,
     or a follow-up.
     """
-    packed = files.pack(reply.files, max_bytes=upload_limit(interaction))
+    packed = await files.pack_in_thread(reply.files, max_bytes=upload_limit(interaction))
     first = packed.messages[0] if packed.messages else []
     text = packed.note(reply.text)[:MAX_TEXT]
     if reply.remove_source and interaction.type is discord.InteractionType.component:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import threading
 
 import numpy as np
+import pytest
 from PIL import Image, PngImagePlugin
 
 from bot.core.messages import Attachment
@@ -68,6 +70,23 @@ def test_what_cannot_fit_is_dropped_and_named() -> None:
     assert (
         packed.note("Done.") == "Done.\n(Too large for Discord, not sent: face.safetensors, x.png.)"
     )
+
+
+async def test_packing_runs_off_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    threads: list[int] = []
+    real_shrink = files.shrink
+
+    def shrink(file: Attachment, max_bytes: int) -> Attachment | None:
+        threads.append(threading.get_ident())
+        return real_shrink(file, max_bytes)
+
+    monkeypatch.setattr(files, "shrink", shrink)
+    big = Attachment("job1-1.png", noise_png(400), "a chef")
+    packed = await files.pack_in_thread([big], max_bytes=300 * 1024)
+    assert threads and threading.get_ident() not in threads
+    [[small]] = packed.messages
+    assert small.name == "job1-1.jpg" and packed == files.pack([big], max_bytes=300 * 1024)
+    assert await files.pack_in_thread([], max_bytes=1) == files.Packed()
 
 
 def test_discord_files_are_fresh_and_described() -> None:
