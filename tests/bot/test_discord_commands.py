@@ -34,9 +34,16 @@ from test_discord_support import (
 from test_discord_support import h as h
 
 from bot.core.app import Core
+from bot.core.moderation import Moderation
 from bot.discord.client import INVITE_PERMISSIONS, DiscordAdapter, intents, invite_url
 from storage import identities, jobs, users
-from storage.config import ConfigError, LimitSettings, Settings, load_settings
+from storage.config import (
+    ConfigError,
+    LimitSettings,
+    ModerationSettings,
+    Settings,
+    load_settings,
+)
 from storage.schemas import BatchParams, FaceMode, FaceParams, ImagineParams
 
 
@@ -49,7 +56,10 @@ async def test_login_syncs_every_command_for_servers_and_dms(h: Harness) -> None
     [sync] = h.fake.find("PUT", r"/applications/\d+/commands$")
     by_name = {c["name"]: c for c in sync.body}
     assert sorted(by_name) == sorted(
-        ["face", "imagine", "batch", "compare", "jobs", "cancel", "settings", "forget", "help"]
+        [
+            *("face", "imagine", "batch", "compare", "jobs", "cancel", "settings", "forget"),
+            *("help", "ban", "unban"),
+        ]
     )
     assert {tuple(c["contexts"]) for c in sync.body} == {(0, 1)}  # guilds and bot DMs
     assert {tuple(c["integration_types"]) for c in sync.body} == {(0,)}
@@ -216,6 +226,24 @@ async def test_batch_opens_a_form_and_queues_its_prompts(h: Harness) -> None:
     assert "(batch) queued" in receipt.content and not receipt.flags & 64
     [job] = await jobs.list_jobs(h.core.db, platform="discord")
     assert isinstance(job.params, BatchParams) and job.params.prompts == ["a chef", "an astronaut"]
+
+
+async def test_admins_ban_and_unban_by_mention_id_or_platform(h: Harness) -> None:
+    h.core.moderation = Moderation(ModerationSettings(admin_ids=[f"discord:{ALICE}"]))
+    refused = await h.callback(h.command("ban", option("user", f"<@{ALICE}>"), user=BOB))
+    assert refused.flags & 64 and "Only this bot's admins can ban" in refused.content
+    banned = await h.callback(h.command("ban", option("user", f"<@!{BOB}>"), user=ALICE))
+    assert banned.flags & 64 and banned.content == f"discord:{BOB} is banned."
+    bob = await users.find_user(h.core.db, "discord", str(BOB))
+    assert bob is not None and bob.banned
+    shut_out = await h.callback(h.command("jobs", user=BOB))
+    assert shut_out.content.startswith("You are banned from this bot.")
+    lifted = await h.callback(h.command("unban", option("user", str(BOB)), user=ALICE))
+    assert lifted.content == f"discord:{BOB} is no longer banned."
+    other = await h.callback(h.command("ban", option("user", "telegram:42"), user=ALICE))
+    assert other.content == "telegram:42 is banned."
+    bob = await users.find_user(h.core.db, "discord", str(BOB))
+    assert bob is not None and not bob.banned
 
 
 async def test_unknown_commands_get_a_private_error(h: Harness) -> None:
