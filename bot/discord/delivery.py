@@ -8,8 +8,9 @@ channel refuses, a direct message to the job's owner. When the DM is refused too
 channel is gone and the owner unknown) the job is :class:`Undeliverable`: dropped, not retried.
 
 Progress edits the receipt: through the interaction while its token lives, afterwards (or
-after a restart) through the receipt's channel and message id stored with the job. The same
-stored id takes the receipt's Cancel button off once the result is out.
+after a restart) through the receipt's channel and message id stored with the job. A receipt
+that was deleted, or can no longer be edited, gets no more progress edits for that job. The
+same stored id takes the receipt's Cancel button off once the result is out.
 """
 
 from __future__ import annotations
@@ -50,9 +51,11 @@ class DiscordDelivery:
     def __init__(self, client: discord.Client, book: InteractionBook) -> None:
         self.client = client
         self.book = book
+        self._gone: set[int] = set()  # jobs whose receipt cannot be edited any more
 
     async def send(self, delivery: Delivery, reply: Reply) -> None:
         """Post a finished job's reply: follow-up while possible, else channel or DM."""
+        self._gone.discard(reply.job_id or 0)
         receipt = self.book.get(reply.job_id) if reply.job_id is not None else None
         if receipt is not None:
             try:
@@ -68,16 +71,22 @@ class DiscordDelivery:
             await self._edit_stored(target, view=None)
 
     async def progress(self, delivery: Delivery, reply: Reply) -> None:
-        """Edit the job's receipt: through the interaction while it lives, else its channel."""
+        """Edit the job's receipt: through the interaction while it lives, else its channel.
+
+        A receipt that is gone (deleted) or refused is not edited again for that job."""
+        if reply.job_id in self._gone:
+            return
         fields: dict[str, Any] = {"content": reply.text[:MAX_TEXT], "view": view_for(reply.buttons)}
         receipt = self.book.get(reply.job_id) if reply.job_id is not None else None
-        if receipt is not None:
-            await receipt.edit(**fields)
-            return
         try:
-            await self._edit_stored(target_of(delivery), **fields)
+            if receipt is not None:
+                await receipt.edit(**fields)
+            else:
+                await self._edit_stored(target_of(delivery), **fields)
         except (discord.Forbidden, discord.NotFound) as exc:
-            log.info("job %s: receipt not edited (%s)", reply.job_id, exc.status)
+            log.info("job %s: receipt not edited (%s); no more progress", reply.job_id, exc.status)
+            if reply.job_id is not None:
+                self._gone.add(reply.job_id)
 
     async def _edit_stored(self, target: Target, **fields: Any) -> None:
         """Edit the receipt message stored with the job (nothing when none was stored)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import io
+import logging
 from functools import cache
 
 import numpy as np
@@ -35,6 +36,7 @@ from test_discord_support import (
 from test_discord_support import h as h
 
 from bot.core.app import Core
+from bot.discord.delivery import DeliveryCog
 from bot.discord.files import MAX_UPLOAD_BYTES
 from storage import jobs
 from storage.config import LimitSettings, Settings
@@ -70,6 +72,13 @@ async def delivered(h: Harness, job_id: int) -> bool:
             return True
         await asyncio.sleep(0.05)
     return False
+
+
+async def delivery_pass(h: Harness) -> int:
+    """One pass of the bot's own delivery loop (progress, then results), awaited to its end."""
+    cog = h.bot.get_cog("DeliveryCog")
+    assert isinstance(cog, DeliveryCog)
+    return await cog.deliverer.run_once()
 
 
 async def claim(h: Harness) -> JobRecord:
@@ -241,6 +250,30 @@ async def test_files_follow_the_interactions_upload_limit(h: Harness) -> None:
     calls = await h.fake.wait_for("POST", rf"/webhooks/\d+/{sent['token']}$", 2)
     assert [len(c.files) for c in calls] == [2, 1]
     assert all(sum(len(d) for _, d in c.files) < small_limit for c in calls)
+
+
+async def test_a_deleted_receipt_gets_no_more_progress_edits(
+    h: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="bot.discord.delivery")
+    sent = await imagine(h)
+    del h.fake.messages[h.fake.originals[sent["token"]]]  # the user deleted the receipt
+    job = await claim(h)
+    edits = rf"/{sent['token']}/messages/@original$"
+    await jobs.progress(h.core.db, job.id, WORKER, 3, 10)
+    await h.fake.wait_for("PATCH", edits, where=lambda c: "step 3/10" in c.content)
+    for _ in range(100):  # until the bot has taken the refusal in
+        if any("no more progress" in r.getMessage() for r in caplog.records):
+            break
+        await asyncio.sleep(0.02)
+    await jobs.progress(h.core.db, job.id, WORKER, 5, 10)
+    await delivery_pass(h)
+    await delivery_pass(h)
+    assert len(h.fake.find("PATCH", edits)) == 1  # refused once, then left alone
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    await jobs.finish(h.core.db, job.id, WORKER, [ResultData(0, png((1, 2, 3)), 11, "a chef")])
+    [result] = await h.fake.wait_for("POST", rf"/webhooks/\d+/{sent['token']}$")
+    assert result.content.startswith(f"Job #{job.id} done")
 
 
 def discord_now() -> dt.datetime:
