@@ -113,11 +113,24 @@ def size_for_aspect(
     return w, h
 
 
+#: The first CUDA compute capability with native bf16 (Ampere); older cards get fp16.
+BF16_MIN_CAPABILITY = (8, 0)
+
+
+def dtype_for_capability(capability: tuple[int, int]) -> torch.dtype:
+    """bf16 from compute capability 8.0 on, fp16 below (PULID_SPEC §8: V100, T4, P40, …)."""
+    return torch.bfloat16 if tuple(capability) >= BF16_MIN_CAPABILITY else torch.float16
+
+
 def default_dtype(device: torch.device) -> torch.dtype:
-    """bf16 on CUDA (fp16 below compute capability 8.0, PULID_SPEC §8); fp32 on the CPU."""
+    """bf16 on CUDA (fp16 below compute capability 8.0, PULID_SPEC §8); fp32 on the CPU.
+
+    The capability of ``device`` itself decides, not ``torch.cuda.is_bf16_supported()``: that
+    counts emulated bf16 (slow, True on V100/T4) and asks about the current device only.
+    """
     if device.type != "cuda":
         return torch.float32
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return dtype_for_capability(torch.cuda.get_device_capability(device))
 
 
 @dataclass

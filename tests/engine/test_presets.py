@@ -18,6 +18,8 @@ from engine.pipeline import PipelineInputError, SamplingParams
 from engine.presets import (
     TINY_NOTICE,
     EngineOutOfMemory,
+    default_dtype,
+    dtype_for_capability,
     flux_dev_analyzer,
     load_engine,
     out_of_memory_message,
@@ -232,3 +234,24 @@ def test_engine_settings_reach_the_engine(astronaut_png, tmp_path) -> None:
     timm = Settings(engine={"preset": "flux-dev", "eva_source": "timm", "model_dir": models_dir})
     with pytest.raises(startup.StartupError, match="eva weights missing.*open_clip_model"):
         startup.load(timm, torch.device("cpu"))
+
+
+@pytest.mark.parametrize(
+    ("capability", "dtype"),
+    [((6, 1), torch.float16), ((7, 0), torch.float16), ((7, 5), torch.float16),
+     ((8, 0), torch.bfloat16), ((8, 6), torch.bfloat16), ((9, 0), torch.bfloat16),
+     ((12, 0), torch.bfloat16)],
+)  # fmt: skip
+def test_fp16_below_compute_capability_8(capability, dtype) -> None:
+    assert dtype_for_capability(capability) == dtype  # P40, V100, T4 → fp16; Ampere on → bf16
+
+
+def test_default_dtype_asks_the_given_device(monkeypatch) -> None:
+    asked = []
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # emulation
+    monkeypatch.setattr(
+        torch.cuda, "get_device_capability", lambda d=None: asked.append(d) or (7, 0)
+    )
+    assert default_dtype(torch.device("cuda:1")) == torch.float16
+    assert asked == [torch.device("cuda:1")]
+    assert default_dtype(torch.device("cpu")) == torch.float32
