@@ -164,7 +164,7 @@ async def test_after_a_restart_progress_edits_the_receipt_and_the_result_comes_o
         [closed] = await h.fake.wait_for("PATCH", own, where=lambda c: "content" not in c.data)
         assert await delivered(h, job.id)
         await h.restart()  # once more: nothing is sent twice
-        await asyncio.sleep(0.3)
+        assert await delivery_pass(h) == 0
     finally:
         await h.stop()
         await h.core.close()
@@ -206,7 +206,7 @@ async def test_a_refused_channel_and_dm_make_the_job_undeliverable(
     h.fake.forbidden_channels |= {CHANNEL_ID, dm_channel_of(ALICE)}
     [job_id] = await worker.drain()
     assert await delivered(h, job_id)  # given up at once, not retried with backoff
-    await asyncio.sleep(0.3)
+    assert await delivery_pass(h) == 0
     assert len(h.fake.find("POST", rf"/channels/{CHANNEL_ID}/messages$")) == 1
     assert len(h.fake.find("POST", rf"/channels/{dm_channel_of(ALICE)}/messages$")) == 1
 
