@@ -99,12 +99,16 @@ class FaceAnalyzer:
         cls,
         model_dir: Path,
         *,
-        providers: tuple[str, ...] = ("CPUExecutionProvider",),
+        providers: tuple[str | tuple[str, dict], ...] = ("CPUExecutionProvider",),
         det_size: int = 640,
         haar_fallback: bool = True,
         quality_note: str | None = None,
     ) -> FaceAnalyzer:
-        """antelopev2 from ``model_dir``; no SCRFD file → Haar (when allowed, reported)."""
+        """antelopev2 from ``model_dir``; no SCRFD file → Haar (when allowed, reported).
+
+        ``providers`` are ONNX Runtime's: names or (name, options), e.g.
+        ``("CUDAExecutionProvider", {"device_id": 1})``.
+        """
         arcface = fm.require_file(model_dir, ARCFACE_PATH)
         recognizer = fm.load_onnx(arcface, providers)
         scrfd = Path(model_dir) / SCRFD_PATH

@@ -77,8 +77,11 @@ def file_fingerprint(path: Path, length: int = 16) -> str:
     return f"{Path(path).name}:{digest.hexdigest()[:length]}"
 
 
-def load_onnx(path: Path, providers: Sequence[str]):  # -> SCRFD | ArcFaceONNX
-    """Load an ONNX face model through insightface's own router (SCRFD or ArcFaceONNX)."""
+def load_onnx(path: Path, providers: Sequence[str | tuple[str, dict]]):  # -> SCRFD | ArcFaceONNX
+    """Load an ONNX face model through insightface's own router (SCRFD or ArcFaceONNX).
+
+    ``providers`` go to the ONNX Runtime session as given: names or (name, options) pairs.
+    """
     from insightface.model_zoo import get_model
 
     model = get_model(str(path), providers=list(providers))
@@ -87,7 +90,9 @@ def load_onnx(path: Path, providers: Sequence[str]):  # -> SCRFD | ArcFaceONNX
     return model
 
 
-def load_recognizer(model: object, providers: Sequence[str] = ("CPUExecutionProvider",)):
+def load_recognizer(
+    model: object, providers: Sequence[str | tuple[str, dict]] = ("CPUExecutionProvider",)
+):
     """An ArcFaceONNX from a loaded one or from a path to an ``.onnx`` file."""
     from insightface.model_zoo import ArcFaceONNX
 

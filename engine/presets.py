@@ -66,6 +66,7 @@ ONNX_PROVIDERS = {
     "cpu": ("CPUExecutionProvider",),
     "gpu": ("CUDAExecutionProvider", "CPUExecutionProvider"),
 }
+CUDA_PROVIDER = "CUDAExecutionProvider"
 
 
 class EngineOutOfMemory(RuntimeError):
@@ -298,13 +299,30 @@ def build_flux_dev(
     flux.set_progress_bar_config(disable=True)
     adapter = PulidAdapter.attach(flux.transformer, load_pulid_state_dict(path["pulid"]))
     tower = EvaTower(load_eva_weights(build_eva(), path["eva"]).to(dtype))
-    analyzer = flux_dev_analyzer(model_dir, onnx_provider)
+    analyzer = flux_dev_analyzer(model_dir, onnx_provider, device)
     parser = FaceParser.from_file(Path(model_dir) / BISENET_FILE, device=device)
     fp = models.preset_fingerprint(cfg, model_dir)
     return Components(flux, adapter, tower, analyzer, parser, fp)
 
 
-def flux_dev_analyzer(model_dir: Path, onnx_provider: str = "cpu"):  # -> FaceAnalyzer
+def onnx_providers(onnx_provider: str, device: torch.device) -> list[str | tuple[str, dict]]:
+    """ONNX Runtime providers of the face models for a worker on ``device``.
+
+    The CUDA provider gets the worker's own GPU (``cuda:N`` → ``device_id`` N; bare ``cuda`` or
+    a CPU worker → 0), so one worker per GPU keeps its face models on that GPU.
+    """
+    if onnx_provider not in ONNX_PROVIDERS:
+        raise ValueError(f"onnx_provider {onnx_provider!r}: choose one of cpu, gpu")
+    index = (device.index or 0) if device.type == "cuda" else 0
+    return [
+        (name, {"device_id": index}) if name == CUDA_PROVIDER else name
+        for name in ONNX_PROVIDERS[onnx_provider]
+    ]
+
+
+def flux_dev_analyzer(
+    model_dir: Path, onnx_provider: str = "cpu", device: torch.device | str = "cpu"
+):  # -> FaceAnalyzer
     """antelopev2 (SCRFD + glintr100) from ``model_dir``, the flux-dev face front-end.
 
     Without the SCRFD file it is the Haar detector with glintr100, whose ``quality_note`` says
@@ -313,10 +331,9 @@ def flux_dev_analyzer(model_dir: Path, onnx_provider: str = "cpu"):  # -> FaceAn
     """
     from engine.faces import FaceAnalyzer, MissingModelError
 
-    if onnx_provider not in ONNX_PROVIDERS:
-        raise ValueError(f"onnx_provider {onnx_provider!r}: choose one of cpu, gpu")
+    providers = onnx_providers(onnx_provider, torch.device(device))
     try:
-        return FaceAnalyzer.from_folder(model_dir, providers=ONNX_PROVIDERS[onnx_provider])
+        return FaceAnalyzer.from_folder(model_dir, providers=tuple(providers))
     except MissingModelError as exc:
         raise models.MissingWeightsError(exc.user_message) from exc
 

@@ -22,6 +22,7 @@ from engine.presets import (
     dtype_for_capability,
     flux_dev_analyzer,
     load_engine,
+    onnx_providers,
     out_of_memory_message,
     size_for_aspect,
 )
@@ -255,3 +256,29 @@ def test_default_dtype_asks_the_given_device(monkeypatch) -> None:
     assert default_dtype(torch.device("cuda:1")) == torch.float16
     assert asked == [torch.device("cuda:1")]
     assert default_dtype(torch.device("cpu")) == torch.float32
+
+
+def test_onnx_providers_use_the_workers_own_gpu() -> None:
+    gpu1 = onnx_providers("gpu", torch.device("cuda:1"))
+    assert gpu1 == [("CUDAExecutionProvider", {"device_id": 1}), "CPUExecutionProvider"]
+    assert onnx_providers("gpu", torch.device("cuda"))[0] == (
+        "CUDAExecutionProvider", {"device_id": 0},
+    )  # fmt: skip
+    assert onnx_providers("cpu", torch.device("cuda:1")) == ["CPUExecutionProvider"]
+    with pytest.raises(ValueError, match="onnx_provider"):
+        onnx_providers("tpu", torch.device("cuda:1"))
+
+
+def test_flux_dev_face_sessions_get_the_workers_gpu(tmp_path, monkeypatch) -> None:
+    import insightface.model_zoo as zoo
+
+    real, seen = zoo.get_model, []
+
+    def spy(name, **kwargs):
+        seen.append(kwargs["providers"])
+        return real(name, providers=["CPUExecutionProvider"])  # no CUDA here
+
+    monkeypatch.setattr(zoo, "get_model", spy)
+    flux_dev_analyzer(_face_dir(tmp_path, scrfd=True), "gpu", torch.device("cuda:1"))
+    assert len(seen) == 2  # glintr100 and SCRFD
+    assert all(p[0] == ("CUDAExecutionProvider", {"device_id": 1}) for p in seen)
