@@ -1,8 +1,8 @@
 """Typed failures a user sees as one short line.
 
-Command code raises these; :func:`bot.core.replies.error_reply` turns them into an error
-:class:`~bot.core.replies.Reply`. Anything else that escapes a command is logged with its traceback
-and shown as a generic one-liner.
+Command code raises these; :func:`bot.core.messages.error_reply` turns them into an error
+:class:`~bot.core.messages.Reply`. Anything else that escapes a command is logged with its
+traceback and shown as a generic one-liner.
 """
 
 from __future__ import annotations

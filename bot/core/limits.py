@@ -38,7 +38,7 @@ FIELD_OF_FLAG = {
 
 def parse_overrides(values: Mapping[str, str], limits: LimitSettings) -> dict[str, Any]:
     """Parse raw ``flag → text`` values (``face`` excluded) into typed values."""
-    parsers = value_parsers(limits.max_steps)
+    parsers = value_parsers(limits.max_steps, limits.max_prompt_chars)
     return {name: parsers[name](text) for name, text in values.items() if name != "face"}
 
 

@@ -199,14 +199,20 @@ def parse_seed(text: str) -> int | None:
     return _int_in("seed", 0, 2**32 - 1)(text)
 
 
-def parse_negative(text: str) -> str:
-    if len(text) > 1000:
-        raise BadInput(f"--no: at most 1000 characters (got {len(text)})")
-    return text
+def negative_parser(max_chars: int) -> Callable[[str], str]:
+    """The ``--no`` parser: a negative prompt of at most ``max_chars`` characters."""
+
+    def parse(text: str) -> str:
+        if len(text) > max_chars:
+            raise BadInput(f"--no: at most {max_chars} characters (got {len(text)})")
+        return text
+
+    return parse
 
 
-def value_parsers(max_steps: int) -> dict[str, Callable[[str], Any]]:
-    """Flag name → parser of its value (``face`` is handled by the caller)."""
+def value_parsers(max_steps: int, max_prompt_chars: int) -> dict[str, Callable[[str], Any]]:
+    """Flag name → parser of its value (``face`` is handled by the caller); ``--steps`` and
+    ``--no`` follow the deployment's limits."""
     return {
         "ar": parse_ratio,
         "size": parse_size,
@@ -216,5 +222,5 @@ def value_parsers(max_steps: int) -> dict[str, Callable[[str], Any]]:
         "start": _int_in("start", 0, 50),
         "cfg": _float_in("cfg", 1.0, 10.0),
         "guidance": _float_in("guidance", 1.0, 10.0),
-        "no": parse_negative,
+        "no": negative_parser(max_prompt_chars),
     }

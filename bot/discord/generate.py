@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: The absolute most; the core refuses more than this deployment's ``limits.max_steps``.
 Steps = app_commands.Range[int, 1, 50]
 Seed = app_commands.Range[int, 0, 2**32 - 1]
 RATIOS = ("1:1", "2:3", "3:2", "3:4", "4:3", "9:16", "16:9")
@@ -45,7 +46,7 @@ class GenerateCog(commands.Cog):
         face="Which saved face (default: your default face)",
         ar="Aspect ratio",
         seed="Seed, for a repeatable image",
-        steps="Sampling steps",
+        steps="Sampling steps (up to this bot's limit)",
     )
     @app_commands.choices(ar=[app_commands.Choice(name=r, value=r) for r in RATIOS])
     @app_commands.autocomplete(face=own_faces)

@@ -228,6 +228,17 @@ async def test_batch_opens_a_form_and_queues_its_prompts(h: Harness) -> None:
     assert isinstance(job.params, BatchParams) and job.params.prompts == ["a chef", "an astronaut"]
 
 
+async def test_steps_follow_the_configured_limit(h: Harness) -> None:
+    await save_faces(h.core, ALICE, "me")
+    h.core.limits = h.core.limits.model_copy(update={"max_steps": 20})
+    refused = await h.callback(h.command("imagine", option("prompt", "a cat"), option("steps", 30)))
+    assert refused.flags & 64 and "--steps 30: expected a whole number from 1 to 20" in (
+        refused.content
+    )
+    queued = await h.callback(h.command("imagine", option("prompt", "a cat"), option("steps", 20)))
+    assert "queued" in queued.content
+
+
 async def test_admins_ban_and_unban_by_mention_id_or_platform(h: Harness) -> None:
     h.core.moderation = Moderation(ModerationSettings(admin_ids=[f"discord:{ALICE}"]))
     refused = await h.callback(h.command("ban", option("user", f"<@{ALICE}>"), user=BOB))

@@ -123,6 +123,15 @@ def test_max_steps_comes_from_limits() -> None:
         parse_overrides({"steps": "9"}, LimitSettings(max_steps=8))
 
 
+def test_the_negative_prompt_length_comes_from_limits() -> None:
+    short = LimitSettings(max_prompt_chars=20)
+    assert parse_overrides({"no": "x" * 20}, short) == {"no": "x" * 20}
+    with pytest.raises(BadInput, match="--no: at most 20 characters"):
+        parse_overrides({"no": "x" * 21}, short)
+    longer = LimitSettings(max_prompt_chars=2000)
+    assert parse_overrides({"no": "x" * 1500}, longer) == {"no": "x" * 1500}
+
+
 @pytest.mark.parametrize(
     ("text", "box"),
     [
