@@ -228,18 +228,22 @@ class FluxPulidPipeline:
         callback: StepCallback | None = None,
         max_pixels: int | None = None,
     ) -> list[Image.Image]:
-        """One image per prompt, seeds ``seed, seed+1, …``; text and identity encoded once."""
+        """One image per prompt, seeds ``seed, seed+1, …``; text and identity encoded once.
+
+        In phases, so an offloading memory mode moves each model once per call, not per image:
+        every text (the negative first) is encoded, then every image denoised, then decoded.
+        """
         params = params.validated(max_pixels)
         _check_identity(identity, params, self.adapter)
         neg = self._negative(negative, params) if params.true_cfg_on else None
-        images = []
-        for i, prompt in enumerate(prompts):
-            embeds = self._embeds(prompt, params)
-            run = replace(params, seed=params.seed + i)
-            report = _reporter(callback, i, len(prompts), params.steps)
-            latents = self.denoise(embeds, run, identity, negative=neg, on_step=report)
-            images.append(self.decode(latents, run))
-        return images
+        texts = [self._embeds(prompt, params) for prompt in prompts]
+        identity = self._placed(identity)
+        runs = [replace(params, seed=params.seed + i) for i in range(len(texts))]
+        latents = [
+            self._denoise(embeds, run, identity, neg, _reporter(callback, i, len(texts), run.steps))
+            for i, (embeds, run) in enumerate(zip(texts, runs, strict=True))
+        ]
+        return [self.decode(x, run) for x, run in zip(latents, runs, strict=True)]
 
     def _embeds(self, prompt: str | PromptEmbeds, params: SamplingParams) -> PromptEmbeds:
         if isinstance(prompt, PromptEmbeds):
@@ -267,6 +271,19 @@ class FluxPulidPipeline:
         on_step: Callable[[int], None] | None = None,
     ) -> torch.Tensor:
         """The sampling loop; returns packed latents (1, N_img, 64)."""
+        _check_identity(identity, params, self.adapter)
+        return self._denoise(embeds, params, self._placed(identity), negative, on_step)
+
+    def _placed(self, identity: IdentityTokens | None) -> IdentityTokens | None:
+        """The identity on the device, in the dtype of the PuLID modules (once per call)."""
+        if identity is None:
+            return None
+        return identity.to(self.device, self.adapter.pulid_ca[0].to_q.weight.dtype)
+
+    @torch.no_grad()
+    def _denoise(self, embeds: PromptEmbeds, params: SamplingParams,
+                 identity: IdentityTokens | None, negative: PromptEmbeds | None,
+                 on_step: Callable[[int], None] | None) -> torch.Tensor:  # fmt: skip
         # 1. Noise, ids, schedule (a private scheduler copy: the loop is re-entrant).
         dtype = embeds.prompt_embeds.dtype
         channels = self.transformer.config.in_channels // 4
@@ -275,20 +292,18 @@ class FluxPulidPipeline:
         timesteps = schedule(scheduler, params.steps, latents.shape[1], self.device)
         guidance = self._guidance(params.guidance, latents.shape[0])
         # 2. The per-step plan (identity from start_step, CFG from cfg_start_step).
-        _check_identity(identity, params, self.adapter)
-        if identity is not None:
-            identity = identity.to(self.device, self.adapter.pulid_ca[0].to_q.weight.dtype)
         plans = plan_steps(params, identity is not None)
         if any(p.use_cfg for p in plans) and negative is None:
             raise PipelineInputError("true_cfg needs a negative prompt")
         # 3. Euler steps: conditional pass, optional negative pass with the uncond identity.
         with self._hooks(identity) as injection:
+            armed = _Armed.build(injection, identity, params.id_weight)
             for plan, t in zip(plans, timesteps, strict=True):
                 timestep = t.expand(latents.shape[0]).to(latents.dtype) / 1000
-                _arm(injection, identity, plan, params.id_weight, negative=False)
+                armed.arm(plan, negative=False)
                 pred = self._predict(latents, timestep, guidance, embeds, img_ids)
                 if plan.use_cfg:
-                    _arm(injection, identity, plan, params.id_weight, negative=True)
+                    armed.arm(plan, negative=True)
                     neg_pred = self._predict(latents, timestep, guidance, negative, img_ids)
                     pred = cfg_combine(pred, neg_pred, params.true_cfg)
                 latents = scheduler.step(pred, t, latents, return_dict=False)[0]
@@ -332,16 +347,29 @@ class FluxPulidPipeline:
         return self.flux.image_processor.postprocess(image, output_type="pil")[0]
 
 
-def _arm(injection, identity: IdentityTokens | None, plan: StepPlan, weight: float, *,
-         negative: bool) -> None:  # fmt: skip
-    """Point the hooks at this pass's tokens: cond, uncond (negative pass) or none."""
-    if injection is None:
-        return
-    tokens = identity.uncond if negative else identity.cond
-    if plan.use_id:
-        injection.set(tokens, weight)
-    else:
-        injection.clear()
+@dataclass(frozen=True)
+class _Armed:
+    """The hooks' cond and uncond entries, built once per denoise call and swapped per pass."""
+
+    injection: object | None
+    cond: tuple = ()
+    uncond: tuple = ()
+
+    @classmethod
+    def build(cls, injection, identity: IdentityTokens | None, weight: float) -> _Armed:
+        if injection is None:
+            return cls(None)
+        uncond = () if identity.uncond is None else injection.prepare([(identity.uncond, weight)])
+        return cls(injection, injection.prepare([(identity.cond, weight)]), uncond)
+
+    def arm(self, plan: StepPlan, *, negative: bool) -> None:
+        """Point the hooks at this pass's tokens: cond, uncond (negative pass) or none."""
+        if self.injection is None:
+            return
+        if plan.use_id:
+            self.injection.use(self.uncond if negative else self.cond)
+        else:
+            self.injection.clear()
 
 
 def _check_identity(identity: IdentityTokens | None, params: SamplingParams, adapter) -> None:

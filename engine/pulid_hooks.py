@@ -41,6 +41,7 @@ class IdentityInjection:
     Switch it per step without re-entering the context: `active = False` gives plain FLUX for the
     next forward (e.g. before `start_step`); `set(tokens, weight)` swaps the identity (e.g. the
     uncond ID of a true-CFG negative pass); `set_entries([...])` injects several masked identities.
+    A loop that switches often builds its entries once with `prepare` and swaps them with `use`.
     """
 
     def __init__(self, dtype: torch.dtype, device: torch.device) -> None:
@@ -57,10 +58,16 @@ class IdentityInjection:
 
     def set_entries(self, entries: Iterable[EntryLike]) -> None:
         """Inject several identities; every delta starts from the same pre-PuLID image tokens."""
-        self.entries = tuple(
-            self._prepare(e if isinstance(e, IdEntry) else IdEntry(*e)) for e in entries
-        )
-        self.active = bool(self.entries)
+        self.use(self.prepare(entries))
+
+    def prepare(self, entries: Iterable[EntryLike]) -> tuple[IdEntry, ...]:
+        """Entries placed and checked for this injection, to :meth:`use` as often as needed."""
+        return tuple(self._prepare(e if isinstance(e, IdEntry) else IdEntry(*e)) for e in entries)
+
+    def use(self, entries: tuple[IdEntry, ...]) -> None:
+        """Inject entries made by :meth:`prepare` (no copy, no check: cheap at every pass)."""
+        self.entries = entries
+        self.active = bool(entries)
 
     def clear(self) -> None:
         """No identity: the hooked blocks behave as plain FLUX."""

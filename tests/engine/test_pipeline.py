@@ -197,3 +197,44 @@ def test_true_cfg_with_identity_needs_uncond_tokens(pipe, identity) -> None:
         pipe.generate(["a"], params, IdentityTokens(identity.cond))
     with pytest.raises(PipelineInputError, match="non-empty"):
         pipe.generate(["  "], PARAMS)
+
+
+def test_batch_runs_in_phases_text_then_denoise_then_decode(pipe, identity) -> None:
+    """Each model is used in one stretch per call (an offload chain moves it once)."""
+    events: list[str] = []
+    models = {"t5": pipe.flux.text_encoder_2, "clip": pipe.flux.text_encoder,
+              "dit": pipe.transformer, "vae": pipe.flux.vae.decoder}  # fmt: skip
+    handles = [
+        m.register_forward_pre_hook(lambda *_, name=name: events.append(name))
+        for name, m in models.items()
+    ]
+    params = SamplingParams(**{**PARAMS.__dict__, "true_cfg": 2.0, "steps": 2})
+    try:
+        images = pipe.generate(["one", "two", "three"], params, identity, negative="blurry")
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert len(images) == 3
+    phases = [name for i, name in enumerate(events) if i == 0 or events[i - 1] != name]
+    assert phases.count("dit") == 1 and phases.count("vae") == 1  # one stretch each
+    assert events.count("t5") == 4 and events.count("clip") == 4  # negative + one per prompt
+    last_text = max(i for i, e in enumerate(events) if e in ("t5", "clip"))
+    assert last_text < events.index("dit") and events.index("vae") > len(events) - 4
+    assert events[-3:] == ["vae"] * 3 and events.count("dit") == 3 * (2 + 1)
+
+
+def test_identity_entries_are_built_once_per_denoise(pipe, embeds, identity, monkeypatch) -> None:
+    from engine.pulid_hooks import IdentityInjection
+
+    prepared, original = [], IdentityInjection.prepare
+
+    def counting(self, entries):
+        prepared.append(1)
+        return original(self, entries)
+
+    monkeypatch.setattr(IdentityInjection, "prepare", counting)
+    monkeypatch.setattr(IdentityInjection, "set", lambda *a, **k: pytest.fail("set per pass"))
+    params = SamplingParams(**{**PARAMS.__dict__, "true_cfg": 2.0, "steps": 5})
+    negative = pipe.encode_prompt("blurry", 32)
+    pipe.denoise(embeds, params, identity, negative=negative)
+    assert len(prepared) == 2  # cond and uncond, not once per pass (9 passes)

@@ -142,6 +142,24 @@ def test_per_step_switch_without_reentering(setup, tokens) -> None:
     assert rel_err(with_a, plain) > 1e-2
 
 
+def test_prepared_entries_swap_without_copies(setup, tokens) -> None:
+    tw, _, adapter = setup
+    inputs = twin.flux_inputs()
+    with adapter.identity(tokens[1:], 0.8):
+        reference_b = _run(tw, inputs)
+    with adapter.identity(None) as injection:
+        a, b = injection.prepare([(tokens[:1], 1.0)]), injection.prepare([(tokens[1:], 0.8)])
+        injection.use(b)
+        assert injection.active and injection.entries is b
+        assert torch.equal(_run(tw, inputs), reference_b)
+        injection.use(a)
+        assert injection.entries[0] is a[0]  # the same tensors at every pass, no new copies
+        injection.use(())
+        assert not injection.active
+    with pytest.raises(ValueError, match="B, T, D"):
+        injection.prepare([(tokens[0], 1.0)])
+
+
 # ---------------------------------------------------------------------------- batching
 def test_single_id_broadcasts_over_image_batch(setup, tokens) -> None:
     tw, state, adapter = setup
