@@ -1,6 +1,6 @@
 """Memory modes (PULID_SPEC §6): ``gpu``, ``offload`` and ``fp8``.
 
-* ``gpu``: every model resident on the device (bf16 on CUDA).
+* ``gpu``: every model resident on the device.
 * ``offload``: phase-wise model CPU offload, the same mechanism as diffusers'
   ``enable_model_cpu_offload`` (accelerate's ``cpu_offload_with_hook`` chained in call order),
   extended to this engine's component set: EVA tower → CLIP → T5 → transformer → VAE. The PuLID
@@ -9,10 +9,14 @@
 * ``fp8``: the transformer blocks' linear weights quantised to float8 (weight-only, torchao),
   the PuLID modules kept bf16, plus the offload chain for the other models (the official
   ``--offload --fp8`` combination).
+
+Dtypes in every mode: bf16 on CUDA, fp16 below compute capability 8.0, fp32 on the CPU; under
+bf16 the VAE keeps fp32 weights and decodes under bf16 autocast (PULID_SPEC §5.1).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -45,6 +49,63 @@ class MemoryPlan:
         for hook in self.hooks:
             hook.remove()
         self.hooks.clear()
+
+
+#: The first CUDA compute capability with native bf16 (Ampere); older cards get fp16.
+BF16_MIN_CAPABILITY = (8, 0)
+
+
+def dtype_for_capability(capability: tuple[int, int]) -> torch.dtype:
+    """bf16 from compute capability 8.0 on, fp16 below (PULID_SPEC §8: V100, T4, P40, …)."""
+    return torch.bfloat16 if tuple(capability) >= BF16_MIN_CAPABILITY else torch.float16
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """bf16 on CUDA (fp16 below compute capability 8.0, PULID_SPEC §8); fp32 on the CPU.
+
+    The capability of ``device`` itself decides, not ``torch.cuda.is_bf16_supported()``: that
+    counts emulated bf16 (slow, True on V100/T4) and asks about the current device only.
+    """
+    if device.type != "cuda":
+        return torch.float32
+    return dtype_for_capability(torch.cuda.get_device_capability(device))
+
+
+#: The VAE's dtype when the engine runs bf16: fp32 weights, decoded under bf16 autocast
+#: (PULID_SPEC §5.1, as the official app does; about 160 MB more than a bf16 VAE).
+VAE_DTYPE_UNDER_BF16 = torch.float32
+
+
+def vae_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The VAE's dtype for an engine in ``dtype``: fp32 under bf16, else ``dtype`` itself."""
+    return VAE_DTYPE_UNDER_BF16 if dtype == torch.bfloat16 else dtype
+
+
+def flux_dtypes(dtype: torch.dtype) -> dict[str, torch.dtype]:
+    """``torch_dtype`` for ``FluxPipeline.from_pretrained``: the VAE per :func:`vae_dtype`."""
+    return {"default": dtype, "vae": vae_dtype(dtype)}
+
+
+def cast_flux(flux, dtype: torch.dtype) -> None:
+    """Cast the FLUX components to ``dtype``, the VAE to :func:`vae_dtype` (never via bf16)."""
+    for name, module in flux.components.items():
+        cast_module(module, vae_dtype(dtype) if name == "vae" else dtype)
+
+
+def decode_autocast(device: torch.device, latent_dtype: torch.dtype, vae_dtype: torch.dtype):
+    """bf16 autocast on ``device`` for bf16 latents and an fp32 VAE; no autocast otherwise."""
+    if latent_dtype == torch.bfloat16 and vae_dtype == torch.float32:
+        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def cast_module(module: object, dtype: torch.dtype) -> None:
+    """Cast a torch module whose floating weights are not ``dtype`` yet (a no-op otherwise)."""
+    if not isinstance(module, nn.Module):
+        return
+    param = next(module.parameters(), None)
+    if param is not None and param.is_floating_point() and param.dtype != dtype:
+        module.to(dtype)
 
 
 def apply_memory_mode(

@@ -26,6 +26,8 @@ from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_tim
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
+from engine.memory import decode_autocast
+
 log = logging.getLogger(__name__)
 
 DEFAULT_NEGATIVE = "bad quality, worst quality, text, signature, watermark, extra limbs"
@@ -337,13 +339,17 @@ class FluxPulidPipeline:
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, params: SamplingParams) -> Image.Image:
-        """Unpack, unscale and VAE-decode packed latents to one PIL image."""
+        """Unpack, unscale and VAE-decode packed latents to one PIL image.
+
+        bf16 latents with an fp32 VAE decode in fp32 under bf16 autocast (PULID_SPEC §5.1).
+        """
         vae = self.flux.vae
         x = FluxPipeline._unpack_latents(
-            latents, params.height, params.width, self.flux.vae_scale_factor
+            latents.to(vae.dtype), params.height, params.width, self.flux.vae_scale_factor
         )
         x = (x / vae.config.scaling_factor) + vae.config.shift_factor
-        image = vae.decode(x.to(vae.dtype), return_dict=False)[0]
+        with decode_autocast(self.device, latents.dtype, vae.dtype):
+            image = vae.decode(x, return_dict=False)[0]
         return self.flux.image_processor.postprocess(image, output_type="pil")[0]
 
 

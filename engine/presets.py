@@ -22,7 +22,16 @@ from engine import models, tiny
 from engine.eva import EvaTower, build_eva, load_eva_weights
 from engine.faces_choice import MIN_FACE_PX
 from engine.identity import FUSION_METHODS, IdentityEmbedding, IdentityEncoder, check_fingerprint
-from engine.memory import MEMORY_MODES, MemoryModeError, MemoryPlan, apply_memory_mode
+from engine.memory import (
+    MEMORY_MODES,
+    MemoryModeError,
+    MemoryPlan,
+    apply_memory_mode,
+    cast_flux,
+    cast_module,
+    default_dtype,
+    flux_dtypes,
+)
 from engine.pipeline import (
     FluxPulidPipeline,
     IdentityTokens,
@@ -112,26 +121,6 @@ def size_for_aspect(
     unit = math.sqrt(budget / (a * b))
     w, h = (max(16, int(x * unit) // 16 * 16) for x in (a, b))
     return w, h
-
-
-#: The first CUDA compute capability with native bf16 (Ampere); older cards get fp16.
-BF16_MIN_CAPABILITY = (8, 0)
-
-
-def dtype_for_capability(capability: tuple[int, int]) -> torch.dtype:
-    """bf16 from compute capability 8.0 on, fp16 below (PULID_SPEC §8: V100, T4, P40, …)."""
-    return torch.bfloat16 if tuple(capability) >= BF16_MIN_CAPABILITY else torch.float16
-
-
-def default_dtype(device: torch.device) -> torch.dtype:
-    """bf16 on CUDA (fp16 below compute capability 8.0, PULID_SPEC §8); fp32 on the CPU.
-
-    The capability of ``device`` itself decides, not ``torch.cuda.is_bf16_supported()``: that
-    counts emulated bf16 (slow, True on V100/T4) and asks about the current device only.
-    """
-    if device.type != "cuda":
-        return torch.float32
-    return dtype_for_capability(torch.cuda.get_device_capability(device))
 
 
 @dataclass
@@ -295,7 +284,9 @@ def build_flux_dev(
     from engine.pulid import PulidAdapter, load_pulid_state_dict
 
     path = {role: models.local_path(cfg.asset(role), model_dir) for role in BUILT_ROLES}
-    flux = FluxPipeline.from_pretrained(str(path["flux"]), torch_dtype=dtype, cache_dir=cache_dir)
+    flux = FluxPipeline.from_pretrained(
+        str(path["flux"]), torch_dtype=flux_dtypes(dtype), cache_dir=cache_dir
+    )
     flux.set_progress_bar_config(disable=True)
     adapter = PulidAdapter.attach(flux.transformer, load_pulid_state_dict(path["pulid"]))
     tower = EvaTower(load_eva_weights(build_eva(), path["eva"]).to(dtype))
@@ -379,8 +370,9 @@ def load_engine(
         models.require(cfg, model_dir)
         cache = Path(cache_dir) if cache_dir else None
         parts = build_flux_dev(cfg, model_dir, cache, device, dtype, onnx_provider)
-    _cast(parts.flux.components.values(), dtype)
-    _cast([parts.tower, parts.adapter], dtype)
+    cast_flux(parts.flux, dtype)
+    for module in (parts.tower, parts.adapter):
+        cast_module(module, dtype)
     memory = apply_memory_mode(
         parts.flux, resident=[parts.adapter], encoders=[parts.tower], mode=memory_mode,
         device=device,
@@ -392,13 +384,3 @@ def load_engine(
         preset, parts, memory, workdir=workdir, fusion=fusion, max_pixels=max_pixels,
         min_face_px=min_face_px,
     )  # fmt: skip
-
-
-def _cast(modules, dtype: torch.dtype) -> None:
-    """Cast torch modules whose floating weights are not ``dtype`` yet (a no-op otherwise)."""
-    for module in modules:
-        if not isinstance(module, torch.nn.Module):
-            continue
-        param = next(module.parameters(), None)
-        if param is not None and param.is_floating_point() and param.dtype != dtype:
-            module.to(dtype)

@@ -9,6 +9,7 @@ from pipeline_support import spy_passes
 from pulid_support import tiny_flux_adapter
 
 from engine import tiny
+from engine.memory import cast_flux, flux_dtypes, vae_dtype
 from engine.pipeline import (
     FluxPulidPipeline,
     GenerationCancelled,
@@ -238,3 +239,31 @@ def test_identity_entries_are_built_once_per_denoise(pipe, embeds, identity, mon
     negative = pipe.encode_prompt("blurry", 32)
     pipe.denoise(embeds, params, identity, negative=negative)
     assert len(prepared) == 2  # cond and uncond, not once per pass (9 passes)
+
+
+def test_vae_stays_fp32_under_a_bf16_engine() -> None:
+    assert vae_dtype(torch.bfloat16) == torch.float32  # PULID_SPEC §5.1
+    assert vae_dtype(torch.float16) == torch.float16 and vae_dtype(torch.float32) == torch.float32
+    assert flux_dtypes(torch.bfloat16) == {"default": torch.bfloat16, "vae": torch.float32}
+    flux = tiny.flux_pipeline(seed=0)
+    cast_flux(flux, torch.bfloat16)
+    assert flux.transformer.dtype == torch.bfloat16 and flux.text_encoder_2.dtype == torch.bfloat16
+    assert flux.vae.dtype == torch.float32
+
+
+def test_bf16_latents_decode_in_an_fp32_vae_under_bf16_autocast(flux) -> None:
+    pipe = FluxPulidPipeline(flux, None, torch.device("cpu"))
+    latents = torch.randn(
+        1, (48 // 16) * (64 // 16), 64, generator=torch.Generator().manual_seed(0)
+    )
+    seen: list[tuple[bool, torch.dtype]] = []
+    hook = flux.vae.decoder.register_forward_pre_hook(
+        lambda m, args: seen.append((torch.is_autocast_enabled("cpu"), m.conv_in.weight.dtype))
+    )
+    try:
+        full = np.asarray(pipe.decode(latents, PARAMS), dtype=np.float32)
+        mixed = np.asarray(pipe.decode(latents.bfloat16(), PARAMS), dtype=np.float32)
+    finally:
+        hook.remove()
+    assert seen == [(False, torch.float32), (True, torch.float32)]
+    assert np.abs(full - mixed).mean() < 4  # bf16 rounding only (0-255 pixel scale)

@@ -12,14 +12,12 @@ from engine import jobs_startup as startup
 from engine.faces import HAAR_NOTE, FaceTooSmallError
 from engine.faces_models import ARCFACE_PATH, SCRFD_PATH
 from engine.identity import FingerprintMismatch, IdentityEmbedding
-from engine.memory import MemoryModeError, MemoryPlan
+from engine.memory import MemoryModeError, MemoryPlan, default_dtype, dtype_for_capability
 from engine.models import MissingWeightsError, flux_dev_preset
 from engine.pipeline import PipelineInputError, SamplingParams
 from engine.presets import (
     TINY_NOTICE,
     EngineOutOfMemory,
-    default_dtype,
-    dtype_for_capability,
     flux_dev_analyzer,
     load_engine,
     onnx_providers,
