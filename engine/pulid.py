@@ -135,8 +135,6 @@ class PulidAdapter(nn.Module):
         log.info("PuLID attached: %d CA modules, %s, %s, %s", num_ca, enc_cfg, device, dtype)
         return adapter
 
-    build_state_dict = staticmethod(random_pulid_state_dict)
-
     @staticmethod
     def build_state_dict_tiny(
         transformer: nn.Module, *, vit_dim: int = 1024, id_in_dim: int = 1280, seed: int = 0

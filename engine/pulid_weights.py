@@ -28,7 +28,6 @@ ENCODER_PARAM_COUNT = 151_398_400
 CA_PARAM_COUNT = 419_635_200
 TOTAL_PARAM_COUNT = ENCODER_PARAM_COUNT + CA_PARAM_COUNT
 _MAX_NAMED = 5
-_CA_INDEX = re.compile(r"^pulid_ca\.(\d+)\.")
 _LAYER_INDEX = re.compile(r"^pulid_encoder\.layers\.(\d+)\.")
 
 Shapes = dict[str, tuple[int, ...]]
@@ -132,11 +131,6 @@ def infer_ca_config(state_dict: dict[str, torch.Tensor], dim: int, heads: int = 
         dim_head=_divide(inner, heads, q_key),
         heads=heads,
     )
-
-
-def count_ca_modules(state_dict: dict[str, torch.Tensor]) -> int:
-    """Number of distinct `pulid_ca.N` modules present in a state dict."""
-    return len({int(m[1]) for k in state_dict if (m := _CA_INDEX.match(k))})
 
 
 def load_pulid_state_dict(

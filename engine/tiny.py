@@ -61,10 +61,6 @@ class TinySpec:
     pulid_ca_heads: int = 2
     eva: EvaConfig = EVA_TINY
 
-    @property
-    def flux_hidden(self) -> int:
-        return self.flux_heads * self.flux_head_dim
-
     def describe(self) -> dict[str, object]:
         """A plain-data view (for fingerprints and logs)."""
         return asdict(self)

@@ -68,6 +68,7 @@ class Limits:
             max_identities=settings.limits.max_identities_per_user,
             max_attempts=settings.queue.max_attempts,
             lease_seconds=settings.queue.lease_seconds,
+            import_max_bytes=settings.limits.max_upload_bytes,
             keep_inputs=settings.storage.keep_source_photos,
         )
 

@@ -11,7 +11,6 @@ Public API (all async, ``db`` first):
     set_banned(db, user_id, banned) -> None;  ban_user(db, user_id);  unban_user(db, user_id)
     is_banned(db, user_id) -> bool
     recent_job_count(db, user_id, *, window=timedelta(hours=1), now=None) -> int
-    jobs_in_last_hour(db, user_id, *, now=None) -> int
     erase_user(db, user_id) -> ErasedCounts     (identities, jobs, results, settings, the user row)
 """
 
@@ -176,10 +175,6 @@ async def recent_job_count(
         return int(count or 0)
 
 
-async def jobs_in_last_hour(db: Database, user_id: int, *, now: datetime | None = None) -> int:
-    return await recent_job_count(db, user_id, now=now)
-
-
 async def erase_user(db: Database, user_id: int) -> ErasedCounts:
     """Erase everything about a user: identities, jobs, results, settings and the user row."""
     async with db.transaction() as s:
@@ -210,7 +205,6 @@ __all__ = [
     "get_user",
     "has_consented",
     "is_banned",
-    "jobs_in_last_hour",
     "recent_job_count",
     "record_consent",
     "require_user",

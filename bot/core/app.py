@@ -5,11 +5,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
-from bot.core.base import database_limits
 from bot.core.buttons import ButtonCommands
 from storage import jobs
 from storage.config import Settings
-from storage.db import Database
+from storage.db import Database, Limits
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +25,7 @@ class Core(ButtonCommands):
         """Connect to the configured database (its schema must be current)."""
         db = await Database.open(
             settings.database.url,
-            limits=database_limits(settings),
+            limits=Limits.from_settings(settings),
             pool_size=settings.database.pool_size,
         )
         return cls(settings, db)

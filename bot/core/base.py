@@ -13,7 +13,7 @@ from bot.core.messages import Button, ButtonStyle, Caller, Reply, error_reply
 from bot.core.moderation import Moderation
 from storage import jobs, users
 from storage.config import Settings
-from storage.db import Database, Limits
+from storage.db import Database
 from storage.errors import StorageError
 from storage.records import Params, UserRecord
 
@@ -25,18 +25,6 @@ Pending = Callable[[], Awaitable[Reply]]
 
 BANNED = "You are banned from this bot. Ask its admins if you think this is a mistake."
 INTERNAL = "Something went wrong on our side; the error was logged. Please try again later."
-
-
-def database_limits(settings: Settings) -> Limits:
-    """The storage-side limits this host's settings imply."""
-    return Limits(
-        max_active_jobs=settings.limits.max_queued_per_user,
-        max_identities=settings.limits.max_identities_per_user,
-        max_attempts=settings.queue.max_attempts,
-        lease_seconds=settings.queue.lease_seconds,
-        import_max_bytes=settings.limits.max_upload_bytes,
-        keep_inputs=settings.storage.keep_source_photos,
-    )
 
 
 def command(

@@ -160,7 +160,7 @@ async def test_limit_per_user(db: Database) -> None:
     assert await snapshot(db) == before
 
 
-async def test_default_limit_comes_from_database_limits(db: Database) -> None:
+async def test_the_identity_cap_comes_from_the_database_limits(db: Database) -> None:
     limited = Database(db.engine, Limits(max_identities=1))
     u = await make_user(db)
     await identities.save_identity(limited, u.id, "one", embedding_bytes())

@@ -132,6 +132,8 @@ async def test_limits_from_settings_and_pool_size(tmp_path: Path) -> None:
     assert limits.max_active_jobs == settings.limits.max_queued_per_user
     assert limits.lease_seconds == settings.queue.lease_seconds
     assert limits.keep_inputs is settings.storage.keep_source_photos
+    assert limits.import_max_bytes == settings.limits.max_upload_bytes
+    assert limits.max_attempts == settings.queue.max_attempts
     url = sqlite_url(tmp_path / "p.db")
     await upgrade(url)
     db = await Database.open(url, limits=limits, pool_size=2)

@@ -75,9 +75,9 @@ async def test_recent_job_count(db: Database) -> None:
     ident = await identities.save_identity(db, u.id, "me", embedding_bytes())
     for _ in range(3):
         await jobs.enqueue(db, u.id, ImagineParams(identity_id=ident.id, prompt="x"))
-    assert await users.jobs_in_last_hour(db, u.id) == 3
+    assert await users.recent_job_count(db, u.id) == 3
     later = datetime.now(UTC) + timedelta(hours=2)
-    assert await users.jobs_in_last_hour(db, u.id, now=later) == 0
+    assert await users.recent_job_count(db, u.id, now=later) == 0
     assert await users.recent_job_count(db, u.id, window=timedelta(hours=3), now=later) == 3
 
 
@@ -89,7 +89,7 @@ async def test_recent_job_count(db: Database) -> None:
         lambda db: users.record_consent(db, 999),
         lambda db: users.set_banned(db, 999, True),
         lambda db: users.erase_user(db, 999),
-        lambda db: users.jobs_in_last_hour(db, 999),
+        lambda db: users.recent_job_count(db, 999),
     ],
 )
 async def test_unknown_user(db: Database, call: object) -> None:
